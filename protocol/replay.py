@@ -1,0 +1,88 @@
+"""Replay protection: per board, (boot, seq) must move forward, within a window.
+
+Store-and-forward re-sends old frames after an outage, interleaved with live ones, so a plain
+"seq must increase" rule would reject real data. Instead each boot keeps the set of seqs seen
+(as merged intervals: in-order traffic stays one interval) and accepts an unseen seq that is
+no more than `window` behind the highest; the last `max_boots` boots are tracked, so frames
+stored before a reboot still arrive. Older seqs, older boots and seen seqs are replays.
+"""
+
+from __future__ import annotations
+
+from bisect import bisect_right
+from dataclasses import dataclass, field
+
+from .errors import ReplayedFrame
+
+DEFAULT_WINDOW = 1 << 20  # seqs; ~12 days of 1 Hz samples
+DEFAULT_MAX_BOOTS = 8
+
+
+@dataclass
+class _SeenSeqs:
+    """Disjoint, sorted, half-open intervals [start, end) of seqs seen in one boot."""
+
+    starts: list[int] = field(default_factory=list)
+    ends: list[int] = field(default_factory=list)
+
+    @property
+    def highest(self) -> int:
+        return self.ends[-1] - 1 if self.ends else -1
+
+    def covers(self, lo: int, hi: int) -> bool:
+        i = bisect_right(self.starts, lo) - 1
+        return i >= 0 and self.ends[i] >= hi
+
+    def add(self, lo: int, hi: int) -> None:
+        i = bisect_right(self.starts, lo) - 1
+        if i >= 0 and self.ends[i] >= lo:  # touches or overlaps the interval before
+            lo = self.starts[i]
+        else:
+            i += 1
+        j = i
+        while j < len(self.starts) and self.starts[j] <= hi:  # swallow what it reaches
+            hi = max(hi, self.ends[j])
+            j += 1
+        self.starts[i:j] = [lo]
+        self.ends[i:j] = [hi]
+
+    def forget_below(self, floor: int) -> None:
+        while self.ends and self.ends[0] <= floor:
+            del self.starts[0], self.ends[0]
+
+
+class ReplayWindow:
+    def __init__(self, window: int = DEFAULT_WINDOW, max_boots: int = DEFAULT_MAX_BOOTS) -> None:
+        if window < 1 or max_boots < 1:
+            raise ValueError("window and max_boots must be positive")
+        self.window = window
+        self.max_boots = max_boots
+        self._boards: dict[int, dict[int, _SeenSeqs]] = {}
+
+    def check(self, board_id: int, boot: int, seq: int, span: int = 1) -> None:
+        """Raise ReplayedFrame unless seqs [seq, seq+span) of this boot are new; no update."""
+        boots = self._boards.get(board_id)
+        if not boots:
+            return
+        seen = boots.get(boot)
+        if seen is None:
+            if len(boots) >= self.max_boots and boot < min(boots):
+                raise ReplayedFrame(f"board {board_id}: boot {boot} is older than the "
+                                    f"{self.max_boots} boots tracked (newest {max(boots)})")
+            return
+        if seq + span - 1 <= seen.highest - self.window:
+            raise ReplayedFrame(f"board {board_id} boot {boot}: seq {seq} is more than "
+                                f"{self.window} behind the newest seq {seen.highest}")
+        if seen.covers(seq, seq + span):
+            raise ReplayedFrame(f"board {board_id} boot {boot}: seq {seq} was already received")
+
+    def accept(self, board_id: int, boot: int, seq: int, span: int = 1) -> None:
+        """Record seqs [seq, seq+span) as received (call after the frame is verified)."""
+        boots = self._boards.setdefault(board_id, {})
+        seen = boots.get(boot)
+        if seen is None:
+            seen = boots[boot] = _SeenSeqs()
+            while len(boots) > self.max_boots:
+                del boots[min(boots)]
+        seen.add(seq, seq + span)
+        seen.forget_below(seen.highest - self.window)
