@@ -162,8 +162,18 @@ class PayloadCodec:
         return out
 
     def encode(self, payload: Mapping[str, Any]) -> bytes:
+        if not isinstance(payload, Mapping):
+            raise errors.BadValue(f"{self.layout.name} payload must be an object")
+        try:
+            return self._encode(dict(payload))
+        except KeyError as exc:
+            raise errors.BadValue(f"{self.layout.name}: field {exc.args[0]!r} is missing") \
+                from None
+        except (TypeError, ValueError, AttributeError) as exc:
+            raise errors.BadValue(f"{self.layout.name}: {exc}") from None
+
+    def _encode(self, values: dict[str, Any]) -> bytes:
         parts: list[bytes] = []
-        values = dict(payload)
         _fill_counts(self.layout, values)
         for kind, step in self.steps:
             if kind == "fixed":
@@ -265,9 +275,9 @@ def _pack_fixed(fx: _FixedCodec, values: Mapping[str, Any]) -> bytes:
         row.append(v)
     try:
         return fx.st.pack(*row)
-    except struct.error as exc:
+    except struct.error:
         bad = _first_bad(fx, row)
-        raise errors.BadValue(f"{bad}: {exc}") from None
+        raise errors.BadValue(bad) from None
 
 
 def _first_bad(fx: _FixedCodec, row: list[Any]) -> str:
@@ -276,7 +286,7 @@ def _first_bad(fx: _FixedCodec, row: list[Any]) -> str:
             struct.pack("<" + code, v)
         except struct.error:
             return f"{name}={v!r} does not fit {layout._TYPE_NAMES[code]}"
-    return "fields"
+    return f"fields {fx.names}: cannot pack {row}"
 
 
 def _pack_array(name: str, fmt: str, arr: list[int]) -> bytes:
@@ -285,6 +295,8 @@ def _pack_array(name: str, fmt: str, arr: list[int]) -> bytes:
     except struct.error as exc:
         raise errors.BadValue(f"{name}: {exc} ({layout._TYPE_NAMES[fmt]} values)") from None
 
+
+_HEADER_FIXED = _FixedCodec(layout.header_layout())
 
 PAYLOAD_CODECS: dict[str, PayloadCodec] = {
     name: PayloadCodec(lay) for name, lay in layout.all_payload_layouts().items()
@@ -369,14 +381,8 @@ def encode_frame(frame: Mapping[str, Any], *, key: bytes | None = None) -> bytes
     if len(payload) > MAX_PAYLOAD_SIZE:
         raise errors.BadLength(f"payload of {len(payload)} bytes exceeds {MAX_PAYLOAD_SIZE}")
     values = {**frame, "version": frame.get("version", schema.PROTOCOL_VERSION),
-              "msg_type": MSG_IDS[msg_type], "flags": flags, "payload_len": len(payload)}
-    try:
-        head = HEADER.pack(*(values[name] for name in HEADER_NAMES))
-    except KeyError as exc:
-        raise errors.BadValue(f"header field {exc.args[0]!r} is missing") from None
-    except struct.error as exc:
-        raise errors.BadValue(f"header: {exc}") from None
-    body = head + payload
+              "flags": flags, "payload_len": len(payload)}
+    body = _pack_fixed(_HEADER_FIXED, values) + payload
     body += CRC.pack(zlib.crc32(body))
     if key is not None:
         body += compute_tag(key, body)
