@@ -317,15 +317,20 @@ def decode_frame(buf: bytes | bytearray | memoryview, *, key: bytes | None = Non
             f"frame truncated: {size} bytes, the smallest frame is {MIN_FRAME_SIZE}")
     (flags,) = struct.unpack_from("<H", buf, _FLAGS_OFFSET)
     tag_len = TAG_LEN if flags & FLAG_SIGNED else 0
-    crc_pos = size - 4 - tag_len
-    if crc_pos < HEADER_SIZE:
-        raise errors.TruncatedFrame(
-            f"frame truncated: {size} bytes cannot hold header, CRC and a {tag_len}-byte tag")
+    no_room = size - 4 - tag_len < HEADER_SIZE
+    crc_pos = size - 4 - (0 if no_room else tag_len)
     mv = memoryview(buf)
     (crc_frame,) = CRC.unpack_from(buf, crc_pos)
     crc_calc = zlib.crc32(mv[:crc_pos])
     header = HEADER.unpack_from(buf, 0)
     version, msg_id, _, _, _, _, _, payload_len = header
+    if no_room:  # flagged signed with no room for a tag: most likely a corrupted flag
+        if crc_calc != crc_frame:
+            raise errors.CrcMismatch(f"CRC-32 mismatch: frame carries 0x{crc_frame:08x}, bytes "
+                                     f"give 0x{crc_calc:08x}; its flags claim a tag it has no "
+                                     f"room for (corrupted in transit)")
+        raise errors.TruncatedFrame(
+            f"frame truncated: flagged signed, but {size} bytes leave no room for the tag")
     if crc_calc != crc_frame:
         hint = ""
         announced = HEADER_SIZE + payload_len + 4 + tag_len
