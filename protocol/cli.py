@@ -48,7 +48,7 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
                    help="a JSON file (one object per line, or an array), inline JSON, or - "
                         "for stdin (default)")
     e.add_argument("--key", action="append", default=[], metavar="[BOARD=]HEX",
-                   help="sign frames with this key (for one board, or all)")
+                   help="key to sign the frames flagged `signed` with (for one board, or all)")
     e.add_argument("--cobs", action="store_true",
                    help="write a COBS byte stream (with 0x00 delimiters) instead of hex lines")
     e.add_argument("-o", "--output", type=Path, help="write to this file instead of stdout")
@@ -89,7 +89,7 @@ def _read_inputs(inputs: list[str]) -> Iterator[tuple[str, bytes]]:
         if item == "-":
             data = sys.stdin.buffer.read()
             label = "stdin"
-        elif Path(item).is_file():
+        elif _is_file(item):
             data = Path(item).read_bytes()
             label = item
         elif _HEX.match(item):
@@ -103,6 +103,13 @@ def _read_inputs(inputs: list[str]) -> Iterator[tuple[str, bytes]]:
                     yield f"{label}:{n}", _unhex(line, f"{label} line {n}")
         else:
             yield label, data
+
+
+def _is_file(item: str) -> bool:
+    try:
+        return Path(item).is_file()
+    except OSError:  # e.g. a long hex string is not a valid file name
+        return False
 
 
 def _unhex(text: str, where: str) -> bytes:
@@ -176,7 +183,7 @@ def _read_json(inputs: list[str]) -> Iterator[tuple[str, Any]]:
     for item in inputs:
         if item == "-":
             text, label = sys.stdin.read(), "stdin"
-        elif Path(item).is_file():
+        elif _is_file(item):
             text, label = Path(item).read_text(), item
         elif item.lstrip().startswith(("{", "[")):
             text, label = item, "argument"
@@ -210,9 +217,11 @@ def cmd_encode(args: argparse.Namespace) -> int:
         try:
             frame = jsonform.from_json(
                 {k: v for k, v in obj.items() if k not in ("source", "offset", "crc32", "tag")})
-            key = per_board.get(frame.get("board_id", -1), default)
-            if key is None and frame.get("flags", 0) & codec.FLAG_SIGNED:
-                raise UsageError(f"{label}: frame is flagged signed; pass --key to sign it")
+            key = None
+            if int(frame.get("flags", 0)) & codec.FLAG_SIGNED:  # the frame says if it is signed
+                key = per_board.get(frame.get("board_id", -1), default)
+                if key is None:
+                    raise UsageError(f"{label}: frame is flagged signed; pass --key to sign it")
             raw = codec.encode_frame(frame, key=key)
         except ProtocolError as exc:
             raise UsageError(f"{label}: {exc.message}") from None

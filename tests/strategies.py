@@ -6,6 +6,7 @@ import struct
 from typing import Any
 
 from hypothesis import strategies as st
+
 from packsentry.protocol import layout, schema
 from packsentry.protocol.layout import ByteString, Fixed, IntArray, Layout, Records, Scalar
 

@@ -6,6 +6,7 @@ import struct
 import zlib
 
 import pytest
+
 from packsentry.protocol import codec, errors, golden, layout, stream
 from packsentry.protocol.verify import Verifier
 

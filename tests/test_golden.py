@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 
 import pytest
+
 from packsentry.protocol import codec, errors, golden, jsonform, reference, schema
 
 VECTORS = [(t, v) for t in schema.PAYLOADS for v in golden.load(t)]

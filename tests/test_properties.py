@@ -6,8 +6,9 @@ from __future__ import annotations
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from packsentry.protocol import codec, reference, schema
 from strategies import frame
+
+from packsentry.protocol import codec, reference, schema
 
 KEY = bytes(range(100, 132))
 

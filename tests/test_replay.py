@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import pytest
+
 from packsentry.protocol.errors import ReplayedFrame
 from packsentry.protocol.replay import ReplayWindow
 
