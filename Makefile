@@ -1,0 +1,42 @@
+# packsentry. `make test` sets everything up (virtualenv, node modules) and runs the suite.
+
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+PY_STAMP   := $(VENV)/.installed
+NODE_STAMP := node_modules/.installed
+
+.PHONY: test lint generate prereqs clean
+
+test: prereqs $(PY_STAMP) $(NODE_STAMP)
+	$(VENV)/bin/ruff check .
+	$(PY) -m pytest
+
+lint: $(PY_STAMP)
+	$(VENV)/bin/ruff check .
+
+# Regenerate firmware/wire.py, protocol/vectors/*.json and docs/protocol.md from the schemas.
+generate: $(PY_STAMP)
+	$(PY) -m packsentry.protocol.generate
+
+# System prerequisites: stop early, naming the Debian package, instead of failing obscurely.
+prereqs:
+	@command -v $(PYTHON) >/dev/null || { echo "error: $(PYTHON) not found; install Debian packages python3 python3-venv" >&2; exit 1; }
+	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11))' || { echo "error: Python >= 3.11 needed, $(PYTHON) is $$($(PYTHON) -V 2>&1)" >&2; exit 1; }
+	@$(PYTHON) -c 'import venv, ensurepip' 2>/dev/null || { echo "error: Python venv support missing; install Debian package python3-venv" >&2; exit 1; }
+	@command -v node >/dev/null || { echo "error: node not found; install Debian packages nodejs npm (Node >= 20)" >&2; exit 1; }
+	@node -e 'process.exit(Number(process.versions.node.split(".")[0]) < 20 ? 1 : 0)' || { echo "error: Node >= 20 needed, found $$(node --version)" >&2; exit 1; }
+	@command -v npm >/dev/null || { echo "error: npm not found; install Debian package npm" >&2; exit 1; }
+	@command -v mosquitto >/dev/null || test -x /usr/sbin/mosquitto || { echo "error: mosquitto not found; install Debian package mosquitto" >&2; exit 1; }
+
+$(PY_STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --disable-pip-version-check -e '.[test]'
+	@touch $@
+
+$(NODE_STAMP): package.json package-lock.json
+	npm ci --no-audit --no-fund --loglevel=error
+	@touch $@
+
+clean:
+	rm -rf $(VENV) node_modules .pytest_cache .ruff_cache .hypothesis *.egg-info
