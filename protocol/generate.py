@@ -129,27 +129,27 @@ def vector_docs() -> dict[str, dict]:
 # -- docs/protocol.md ------------------------------------------------------------------------
 
 
-def _table_rows(lay: Layout, off: int | None = 0) -> list[str]:
+def _table_rows(lay: Layout) -> list[str]:
+    """Markdown rows; offsets are known up to the first variable-length field, then `+`."""
     rows = []
+    off: int | None = 0
     for seg in lay.segments:
+        where = "+" if off is None else str(off)
         if isinstance(seg, Fixed):
             for f in seg.fields:
-                where = str(off) if off is not None else "+"
-                rows.append(f"| {where} | `{f.name}` | {f.type_name} | {_doc(f)} |")
-                if off is not None:
-                    off += f.size
-        elif isinstance(seg, IntArray):
-            rows.append(f"| {off if off is not None else '+'} | `{seg.name}` | "
-                        f"{layout._TYPE_NAMES[seg.elem_fmt]}[`{seg.count}`] | {seg.doc} |")
-            off = None
+                rows.append(f"| {'+' if off is None else off} | `{f.name}` | {f.type_name} | "
+                            f"{_doc(f)} |")
+                off = None if off is None else off + f.size
+            continue
+        if isinstance(seg, IntArray):
+            kind = f"{layout._TYPE_NAMES[seg.elem_fmt]}[`{seg.count}`]"
         elif isinstance(seg, ByteString):
-            rows.append(f"| {off if off is not None else '+'} | `{seg.name}` | "
-                        f"bytes[`{seg.count}`] | {seg.doc} |")
-            off = None
+            kind = f"bytes[`{seg.count}`]"
         else:
-            rows.append(f"| {off if off is not None else '+'} | `{seg.name}` | "
-                        f"record[`{seg.count}`] | {seg.doc}; record layout below |")
-            off = None
+            kind = f"record[`{seg.count}`]"
+        doc = seg.doc + ("; record layout below" if isinstance(seg, Records) else "")
+        rows.append(f"| {where} | `{seg.name}` | {kind} | {doc} |")
+        off = None
     return rows
 
 

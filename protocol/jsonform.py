@@ -11,17 +11,7 @@ from typing import Any
 from . import layout
 from .errors import BadValue
 
-
-def _flag_tables() -> dict[str, dict[str, int]]:
-    tables = {"flags": layout.frame_flags()}
-    for lay in layout.all_payload_layouts().values():
-        nested = [s.record for s in lay.segments if isinstance(s, layout.Records)]
-        for lay_ in [lay, *nested]:
-            tables.update({f.name: f.flags for f in lay_.scalars if f.flags})
-    return tables
-
-
-FLAG_TABLES = _flag_tables()
+FLAG_TABLES = layout.flag_fields()
 
 
 def flag_names(name: str, mask: int) -> list[str]:

@@ -218,6 +218,17 @@ def frame_flags() -> dict[str, int]:
     return dict(schema.FrameFlags.flags)
 
 
+@cache
+def flag_fields() -> dict[str, dict[str, int]]:
+    """Every FlagsEnum field on the wire (header and payloads): name -> {flag: mask}."""
+    tables = {"flags": frame_flags()}
+    for lay in all_payload_layouts().values():
+        nested = [s.record for s in lay.segments if isinstance(s, Records)]
+        for lay_ in [lay, *nested]:
+            tables.update({f.name: f.flags for f in lay_.scalars if f.flags})
+    return tables
+
+
 def markers(fmt: str) -> tuple[int, int]:
     """(abnormal, invalid) markers of an integer field: its two top values (GB/T 32960)."""
     size = struct.calcsize("<" + fmt)

@@ -22,15 +22,7 @@ def compiled_frame() -> Construct:
     return schema.Frame.compile()
 
 
-def _flag_fields() -> dict[str, dict[str, int]]:
-    out = {"flags": layout.frame_flags()}
-    for lay in layout.all_payload_layouts().values():
-        for lay_ in [lay] + [s.record for s in lay.segments if isinstance(s, layout.Records)]:
-            out.update({f.name: f.flags for f in lay_.scalars if f.flags})
-    return out
-
-
-_FLAG_FIELDS = _flag_fields()
+_FLAG_FIELDS = layout.flag_fields()
 
 
 def canonical(value: Any, name: str = "") -> Any:
