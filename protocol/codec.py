@@ -285,7 +285,7 @@ def _first_bad(fx: _FixedCodec, row: list[Any]) -> str:
         try:
             struct.pack("<" + code, v)
         except struct.error:
-            return f"{name}={v!r} does not fit {layout._TYPE_NAMES[code]}"
+            return f"{name}={v!r} does not fit {layout.TYPE_NAMES[code]}"
     return f"fields {fx.names}: cannot pack {row}"
 
 
@@ -293,7 +293,7 @@ def _pack_array(name: str, fmt: str, arr: list[int]) -> bytes:
     try:
         return _array_struct(len(arr), fmt).pack(*arr)
     except struct.error as exc:
-        raise errors.BadValue(f"{name}: {exc} ({layout._TYPE_NAMES[fmt]} values)") from None
+        raise errors.BadValue(f"{name}: {exc} ({layout.TYPE_NAMES[fmt]} values)") from None
 
 
 _HEADER_FIXED = _FixedCodec(layout.header_layout())

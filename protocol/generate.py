@@ -97,7 +97,7 @@ def wire_module() -> str:
     lines += ["", "# markers: abnormal (top value - 1) and invalid (top value), per field type"]
     for code in "BHIhi":
         abnormal, invalid = layout.markers(code)
-        t = _upper(layout._TYPE_NAMES[code])
+        t = _upper(layout.TYPE_NAMES[code])
         lines += [_const(f"{t}_ABNORMAL", abnormal, hex_=True),
                   _const(f"{t}_INVALID", invalid, hex_=True)]
     lines += ["", "# limits on counted fields"]
@@ -142,7 +142,7 @@ def _table_rows(lay: Layout) -> list[str]:
                 off = None if off is None else off + f.size
             continue
         if isinstance(seg, IntArray):
-            kind = f"{layout._TYPE_NAMES[seg.elem_fmt]}[`{seg.count}`]"
+            kind = f"{layout.TYPE_NAMES[seg.elem_fmt]}[`{seg.count}`]"
         elif isinstance(seg, ByteString):
             kind = f"bytes[`{seg.count}`]"
         else:
@@ -194,7 +194,7 @@ def protocol_doc(vectors: dict[str, dict]) -> str:
     markers = []
     for code in "BHIhi":
         a, i = layout.markers(code)
-        markers.append(f"| {layout._TYPE_NAMES[code]} | 0x{a:X} | 0x{i:X} |")
+        markers.append(f"| {layout.TYPE_NAMES[code]} | 0x{a:X} | 0x{i:X} |")
     lines = [
         "# The packsentry wire protocol", "",
         f"<!-- {_GENERATED} -->", "",

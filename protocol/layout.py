@@ -38,7 +38,7 @@ class Scalar:
 
     @property
     def type_name(self) -> str:
-        return _TYPE_NAMES[self.fmt]
+        return TYPE_NAMES[self.fmt]
 
 
 @dataclass(frozen=True)
@@ -108,14 +108,14 @@ class Layout:
         return tuple(f for seg in self.segments if isinstance(seg, Fixed) for f in seg.fields)
 
 
-_TYPE_NAMES = {"B": "u8", "b": "i8", "H": "u16", "h": "i16", "I": "u32", "i": "i32",
+TYPE_NAMES = {"B": "u8", "b": "i8", "H": "u16", "h": "i16", "I": "u32", "i": "i32",
                "Q": "u64", "q": "i64"}
 
 
 def _int_fmt(con: Construct, where: str) -> str:
     if isinstance(con, FormatField) and con.fmtstr[0] == "<":
         code = {"L": "I", "l": "i"}.get(con.fmtstr[1:], con.fmtstr[1:])  # same size with "<"
-        if code in _TYPE_NAMES:
+        if code in TYPE_NAMES:
             return code
     raise SchemaError(f"{where}: expected a little-endian integer field, got {con!r}")
 
