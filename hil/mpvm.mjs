@@ -1,0 +1,210 @@
+#!/usr/bin/env node
+// Run a MicroPython script in the official MicroPython WebAssembly port (npm package
+// @micropython/micropython-webassembly-pyscript, pinned in package.json).
+//
+//   node hil/mpvm.mjs [--heap BYTES] [--file HOST=VM ...] [--dir HOST=VM ...] SCRIPT.py|-
+//
+// --heap BYTES   GC heap size, default 131072 (an ESP32 without PSRAM has about that free).
+// --file H=V     copy host file H to the absolute VM path V (parent directories are created).
+// --dir H=V      copy host directory H recursively to VM directory V (skipping __pycache__)
+//                and put V on sys.path, after '' and before '.frozen' like the board's root.
+//                The cwd is '/' and sys.path starts as ['', '.frozen', '/lib'], so files
+//                copied to '/' or '/lib' are importable too.
+// SCRIPT         the script to run as __main__; '-' reads it from stdin.
+//
+// MicroPython's stdout and stderr go to ours, byte by byte as produced. Exit status: 0, 1 if the
+// script raised (its traceback goes to stderr), or the code given to sys.exit().
+//
+// asyncio: this port has no asyncio.run; the JS event loop drives asyncio. Top-level `await` is
+// allowed, so write `await main()`. The process exits as soon as the script's top level has
+// finished, like asyncio.run returning: tasks still pending are dropped. An exception in a task
+// nobody awaits is printed ("Task exception wasn't retrieved") and does not change the status.
+//
+// How this port differs from the board (tests/test_mpvm.py pins these down):
+// - Modules: it has what the firmware uses (struct, binascii.crc32, hashlib.sha256 only,
+//   micropython.const, gc, asyncio) and some a stock ESP32 build lacks, e.g. hmac; it has none
+//   of the hardware ones (machine, network, socket, bluetooth, esp32). Small ints are 31-bit,
+//   as on the ESP32, so gc.mem_alloc() deltas carry over.
+// - Its GC heap grows on demand: when full, it asks the C heap for a new area of up to
+//   gc_get_max_new_split() = 128 MiB. We patch that constant to 0 in the wasm binary as it is
+//   loaded, so the Python heap stays at --heap, allocations beyond it raise MemoryError, and
+//   gc.mem_free() tells the truth. The C heap (the port's JS glue) may still grow.
+// - The GC only collects when control returns to JS: gc.collect() does nothing until then. So
+//   code that allocates more than the heap in total without returning to JS raises MemoryError,
+//   even if most of it is garbage. Only a real sleep returns to JS, e.g. asyncio.sleep_ms(1);
+//   sleep_ms(0) and other task switches stay inside asyncio's loop, and each leaves ~16 bytes of
+//   garbage there (the port reschedules its loop through js.setTimeout).
+// - If an exception reaches JS while the heap is full, the port spins forever: formatting the
+//   traceback for JS allocates outside any handler, and the port's nlr_jump_fail() is a
+//   `while (1)` (seen with MicroPython 1.27, also with micropython.heap_lock()). So the script
+//   runs under a small bootstrap that catches everything and prints the traceback from inside
+//   Python, which needs no allocation. Hence the first traceback frame, "<mpvm>". A MemoryError
+//   escaping asyncio's own loop with a full heap can still hang; callers need a timeout.
+
+import { readFileSync, readdirSync, statSync } from "node:fs";
+import path from "node:path";
+import { loadMicroPython } from "@micropython/micropython-webassembly-pyscript";
+
+const DEFAULT_HEAP = 131072;
+const MIN_HEAP = 16384; // less fails in MicroPython's own start-up
+const USAGE = "usage: node hil/mpvm.mjs [--heap BYTES] [--file|--dir HOST=VM ...] SCRIPT.py|-";
+
+function fail(message) {
+  process.stderr.write(`mpvm: ${message}\n${USAGE}\n`);
+  process.exit(2);
+}
+
+function parseArgs(argv) {
+  const opts = { heap: DEFAULT_HEAP, copies: [], script: null };
+  for (let i = 0; i < argv.length; i++) {
+    const arg = argv[i];
+    if (arg === "--heap" || arg === "--file" || arg === "--dir") {
+      const value = argv[++i];
+      if (value === undefined) fail(`${arg} needs a value`);
+      if (arg === "--heap") {
+        opts.heap = Number(value);
+        if (!Number.isInteger(opts.heap) || opts.heap < MIN_HEAP) {
+          fail(`--heap must be an integer >= ${MIN_HEAP}`);
+        }
+        continue;
+      }
+      const eq = value.lastIndexOf("="); // host paths may contain '=', VM paths may not
+      const [host, vm] = [value.slice(0, eq), value.slice(eq + 1)];
+      if (eq <= 0 || !vm.startsWith("/")) fail(`${arg} wants HOST=VM with an absolute VM path`);
+      opts.copies.push({ kind: arg.slice(2), host, vm });
+    } else if (opts.script === null && (arg === "-" || !arg.startsWith("-"))) {
+      opts.script = arg;
+    } else {
+      fail(`unexpected argument ${arg}`);
+    }
+  }
+  if (opts.script === null) fail("no script given");
+  return opts;
+}
+
+// The body of gc_get_max_new_split(): no locals, i32.const 134217728 (a padded 5-byte LEB), end.
+const MAX_NEW_SPLIT = Buffer.from([0x08, 0x00, 0x41, 0x80, 0x80, 0x80, 0xc0, 0x00, 0x0b]);
+
+function fixGcHeap(binary) {
+  const bytes = Buffer.from(binary); // a copy
+  const at = bytes.indexOf(MAX_NEW_SPLIT);
+  if (at < 0 || bytes.indexOf(MAX_NEW_SPLIT, at + 1) >= 0) {
+    throw new Error("mpvm: gc_get_max_new_split() not found once in micropython.wasm; "
+      + "the heap limit needs updating for this MicroPython version");
+  }
+  bytes[at + 6] = 0x80; // the constant becomes 0: never add a GC heap area
+  return bytes;
+}
+
+const instantiate = WebAssembly.instantiate;
+WebAssembly.instantiate = (binary, imports) => instantiate(fixGcHeap(binary), imports);
+
+function copyIn(FS, { kind, host, vm }) {
+  let stat;
+  try {
+    stat = statSync(host);
+  } catch {
+    fail(`--${kind} ${host}: no such file or directory`);
+  }
+  if (stat.isDirectory() !== (kind === "dir")) fail(`--${kind} ${host}: not a ${kind}`);
+  if (stat.isDirectory()) {
+    FS.mkdirTree(vm);
+    for (const name of readdirSync(host)) {
+      if (name === "__pycache__") continue; // CPython bytecode, useless to MicroPython
+      const child = path.join(host, name);
+      const childKind = statSync(child).isDirectory() ? "dir" : "file";
+      copyIn(FS, { kind: childKind, host: child, vm: path.posix.join(vm, name) });
+    }
+  } else {
+    FS.mkdirTree(path.posix.dirname(vm));
+    FS.writeFile(vm, readFileSync(host));
+  }
+}
+
+// Phase 1 (_mpvm_run) compiles and starts the script. It contains no `await` itself, so it runs
+// inside runPythonAsync while the port allows top-level await in compile(); calling a module
+// that awaits gives a generator, which phase 2 (_mpvm_await, called from JS) runs as an asyncio
+// task (_mpvm_task). Awaited from JS directly instead, each of its yields would be a JS round
+// trip whose proxies stay in the Python heap until V8 happens to collect: a slow leak. The state
+// names exist before the script runs, so storing into them needs no allocation.
+const BOOTSTRAP = `
+import sys as _mpvm_sys
+_mpvm_status = 1
+_mpvm_main = None
+_mpvm_pending = False
+
+def _mpvm_fail(e):
+    global _mpvm_status
+    if isinstance(e, SystemExit):
+        code = e.args[0] if e.args else None
+        if code is None or isinstance(code, int):
+            _mpvm_status = code or 0
+            return
+        print(code, file=_mpvm_sys.stderr)
+    else:
+        _mpvm_sys.print_exception(e, _mpvm_sys.stderr)
+    _mpvm_status = 1
+
+def _mpvm_run(path, name, dirs):
+    global _mpvm_status, _mpvm_main, _mpvm_pending
+    for d in reversed(dirs):
+        _mpvm_sys.path.insert(1, d)
+    try:
+        with open(path) as f:
+            code = compile(f.read(), name, "exec")
+        _mpvm_main = exec(code)
+        _mpvm_pending = _mpvm_main is not None
+        _mpvm_status = 0
+    except BaseException as e:
+        _mpvm_fail(e)
+
+async def _mpvm_task(main):
+    global _mpvm_status
+    try:
+        await main
+        _mpvm_status = 0
+    except BaseException as e:  # asyncio's loop would let SystemExit escape into JS
+        _mpvm_fail(e)
+
+async def _mpvm_await():
+    global _mpvm_main
+    import asyncio
+    main, _mpvm_main = _mpvm_main, None
+    await asyncio.create_task(_mpvm_task(main))
+`;
+const SCRIPT_VM_PATH = "/tmp/__mpvm_main__.py";
+
+const opts = parseArgs(process.argv.slice(2));
+let source;
+try {
+  source = readFileSync(opts.script === "-" ? 0 : opts.script);
+} catch (e) {
+  fail(`cannot read ${opts.script}: ${e.message}`);
+}
+const mp = await loadMicroPython({
+  heapsize: opts.heap,
+  linebuffer: false, // called once per byte: pass each on at once
+  stdout: (bytes) => process.stdout.write(bytes),
+  stderr: (bytes) => process.stderr.write(bytes),
+});
+for (const copy of opts.copies) copyIn(mp.FS, copy);
+mp.FS.writeFile(SCRIPT_VM_PATH, source);
+// Compiled under its own name, so its frame in tracebacks reads "<mpvm>".
+mp.runPython(`exec(compile(${JSON.stringify(BOOTSTRAP)}, "<mpvm>", "exec"))`);
+const awaitMain = mp.globals.get("_mpvm_await"); // fetched while the heap is still empty
+
+// A Python exception escaping asyncio's loop (e.g. SystemExit in a background task) reaches JS
+// from a timer callback; print its traceback rather than Node's dump of the port's source.
+process.on("uncaughtException", (e) => {
+  if (e?.name !== "PythonError") throw e;
+  process.stderr.write(e.message);
+  process.exit(1);
+});
+
+const name = opts.script === "-" ? "<stdin>" : opts.script;
+const dirs = opts.copies.filter((c) => c.kind === "dir" && c.vm !== "/").map((c) => c.vm);
+const args = [SCRIPT_VM_PATH, name, dirs].map((a) => JSON.stringify(a)).join(", ");
+mp.runPythonAsync(`_mpvm_run(${args})`);
+if (mp.globals.get("_mpvm_pending")) await awaitMain();
+// stdout/stderr writes to pipes and files are synchronous in Node, so nothing is lost here.
+process.exit(mp.globals.get("_mpvm_status"));
