@@ -141,3 +141,19 @@ class FrameWriter:
             self.signer.tag_into(buf, end, buf, end)
             end += wire.TAG_LEN
         return end
+
+
+def mark_historical(frame, n: int, signer=None) -> None:
+    """Set the `historical` flag on the complete frame frame[0:n] in place and reseal it.
+
+    Store-and-forward re-sends use this: the flag sits in the CRC'd (and signed) header, so
+    CRC and tag are recomputed. Allocates only when signing.
+    """
+    flags = frame[wire.HEADER_OFF_FLAGS] | (frame[wire.HEADER_OFF_FLAGS + 1] << 8)
+    struct.pack_into("<H", frame, wire.HEADER_OFF_FLAGS, flags | wire.FLAG_HISTORICAL)
+    end = n - wire.CRC_LEN - (wire.TAG_LEN if flags & wire.FLAG_SIGNED else 0)
+    crc32_into(frame, end, frame, end)
+    if flags & wire.FLAG_SIGNED:
+        if signer is None:
+            raise ValueError("signed frame: a signer is needed to reseal it")
+        signer.tag_into(frame, end + wire.CRC_LEN, frame, end + wire.CRC_LEN)

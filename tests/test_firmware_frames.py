@@ -176,3 +176,21 @@ def test_firmware_parses_host_commands_and_enforces_signatures() -> None:
             for field, value in frame["payload"].items():
                 if field in parsed:
                     assert parsed[field] == value, (v["name"], field)
+
+
+@pytest.mark.parametrize("signed", [False, True])
+def test_mark_historical_reseals_the_frame(signed: bool) -> None:
+    out = run_firmware(f"""
+from frames import mark_historical
+s = Signer({golden.GOLDEN_KEY!r}) if {signed} else None
+w = FrameWriter(7, 1, 1, 2, 1, s)
+w.set_ts_ms(1000)
+n = w.sample(5, 4, 1, 2, 3, 4, 0, 0, [250], [3700, 3701])
+frame = bytearray(w.buf[:n])
+mark_historical(frame, n, s)
+print(bytes(frame).hex())
+""")
+    frame = codec.decode_frame(bytes.fromhex(out.split()[-1]),
+                               key=golden.GOLDEN_KEY if signed else None)
+    assert frame["flags"] & codec.FLAGS["historical"] and frame["seq"] == 5
+    assert frame["payload"]["cells_mv"] == [3700, 3701]
