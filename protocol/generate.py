@@ -89,9 +89,10 @@ def wire_module() -> str:
     lines += [_const(f"RULE_{_upper(k)}", v.bit_length() - 1) for k, v in alarm_flags.items()]
     lines += ["", "# enums"]
     seen: set[str] = {"msg_type", "rule"}
+    msg_types = {v: k for k, v in layout.msg_type_ids().items()}
     for lay in layout.all_payload_layouts().values():
         for f in lay.scalars:
-            if f.enum and f.name not in seen:
+            if f.enum and f.name not in seen and f.enum != msg_types:  # cmd_type: MSG_*
                 seen.add(f.name)
                 lines += [_const(f"{_upper(f.name)}_{_upper(v)}", k) for k, v in f.enum.items()]
     lines += ["", "# markers: abnormal (top value - 1) and invalid (top value), per field type"]
