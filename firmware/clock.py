@@ -1,0 +1,46 @@
+"""The board's wall clock: epoch milliseconds as 8 little-endian bytes, never a big int.
+
+Until the host's time sync (or NTP) arrives, time counts from 0 at boot and frames go out
+without the time_synced flag. now_into() adds the ticks elapsed since the last anchor to the
+anchor's epoch bytes with byte carries; the anchor is moved forward every hour, well inside
+the ~12 days after which ticks_diff() wraps.
+"""
+
+import time
+
+_REANCHOR_MS = 3_600_000
+
+
+def add_ms(dst, src, ms: int) -> None:
+    """dst = src + ms over 8 little-endian bytes (0 <= ms < 2**30)."""
+    carry = ms
+    for i in range(8):
+        v = src[i] + (carry & 0xFF)
+        carry = (carry >> 8) + (v >> 8)
+        dst[i] = v & 0xFF
+
+
+class Clock:
+    def __init__(self, ticks_ms=time.ticks_ms, ticks_diff=time.ticks_diff) -> None:
+        self._ticks_ms = ticks_ms
+        self._ticks_diff = ticks_diff
+        self.anchor = bytearray(8)  # epoch ms at anchor_ticks (0 until synchronised)
+        self.anchor_ticks = ticks_ms()
+        self.synced = False
+
+    def sync(self, unix_ms: int) -> None:
+        """Set the time (from a time_sync command or NTP); allocates, but only here."""
+        for i in range(8):
+            self.anchor[i] = (unix_ms >> (8 * i)) & 0xFF
+        self.anchor_ticks = self._ticks_ms()
+        self.synced = True
+
+    def now_into(self, out) -> None:
+        """Write the current epoch ms into out[0:8]."""
+        now = self._ticks_ms()
+        elapsed = self._ticks_diff(now, self.anchor_ticks)
+        if elapsed >= _REANCHOR_MS:
+            add_ms(self.anchor, self.anchor, elapsed)
+            self.anchor_ticks = now
+            elapsed = 0
+        add_ms(out, self.anchor, elapsed)
