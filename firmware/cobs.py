@@ -34,3 +34,27 @@ def cobs_encode_into(src, n: int, dst) -> int:
     dst[code_pos] = code
     dst[o] = 0
     return o + 1
+
+
+def cobs_decode_into(src, n: int, dst) -> int:
+    """Decode the COBS block src[0:n] (no delimiter) into dst; return its length, or -1 if
+    the block is invalid (a zero inside, or a code running past the end)."""
+    i = 0
+    o = 0
+    while i < n:
+        code = src[i]
+        if code == 0 or i + code > n:  # a block must end inside the frame
+            return -1
+        end = i + code
+        i += 1
+        while i < end:
+            b = src[i]
+            if b == 0:
+                return -1
+            dst[o] = b
+            o += 1
+            i += 1
+        if code < 0xFF and i < n:
+            dst[o] = 0
+            o += 1
+    return o

@@ -4,13 +4,13 @@ Every format and offset comes from the generated `wire` module; the argument ord
 pack follows the schema's field order, and the golden-vector tests (run in the MicroPython
 VM) fail if the two ever drift. The sample path allocates nothing: the buffer, its views
 and the timestamp bytes are made once, values stay small ints, and the CRC is computed in
-place (crc32.py). Signing allocates a little (signer.py).
+place (crc32.py). Signing allocates a little (signer.py). Framing for byte streams is the
+link's job (app.SerialLink), not this module's.
 """
 
 import struct
 
 import wire
-from cobs import cobs_encode_into, max_encoded_size
 from crc32 import crc32_into
 
 _H = wire.HEADER_SIZE
@@ -29,7 +29,6 @@ class FrameWriter:
         self.batch_max = batch_max
         self.buf = bytearray(_H + payload_max + wire.CRC_LEN + wire.TAG_LEN)
         self.mv = memoryview(self.buf)
-        self.stream_buf = bytearray(max_encoded_size(len(self.buf)))
         self.signer = signer
         self.ts = bytearray(8)  # u64 ms, little-endian: updated in place, never a big int
         struct.pack_into(wire.HEADER_FMT, self.buf, 0, wire.PROTOCOL_VERSION, 0, 0, board_id,
@@ -106,10 +105,6 @@ class FrameWriter:
     def cmd_ack(self, seq: int, flags: int, cmd_type: int, cmd_seq: int, result: int) -> int:
         struct.pack_into(wire.CMD_ACK_FMT, self.buf, _H, cmd_type, cmd_seq, result)
         return self._finish(wire.MSG_CMD_ACK, flags, seq, wire.CMD_ACK_SIZE)
-
-    def to_stream(self, n: int) -> int:
-        """COBS-encode the frame of length n into stream_buf (with delimiter); return length."""
-        return cobs_encode_into(self.buf, n, self.stream_buf)
 
     # -- internals ---------------------------------------------------------------------------
 

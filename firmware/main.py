@@ -1,0 +1,16 @@
+"""Boot entry point on the board: load the config, start the monitor. Never a crash loop:
+config errors fall back to defaults (config.py) and the watchdog resets a hung loop."""
+
+import asyncio
+
+import app
+import config
+import machine
+import micropython
+
+cfg = config.load()
+uart = machine.UART(cfg["link.uart"], baudrate=cfg["link.baud"])
+if cfg["link.uart"] == 0:
+    micropython.kbd_intr(-1)  # binary frames share the REPL port: 0x03 must not interrupt
+board = app.Board(cfg, machine, app.SerialLink(uart, frame_max=2048))
+asyncio.run(board.run())

@@ -1,0 +1,62 @@
+"""Reading one sample from the hardware described by the config, into preallocated arrays.
+
+Drivers sit behind this one class, so the HIL rig swaps the hardware (its `machine` stand-in,
+or injected readings over the link) without touching the rest of the firmware.
+"""
+
+from array import array
+
+import wire
+from analog import Channel, ScaledChannel
+from ntc import NtcTable
+
+
+def channel(machine, cfg, name: str, pin: int) -> Channel:
+    cal = cfg["calibration"].get(name, {})
+    adc = machine.ADC(machine.Pin(pin), atten=machine.ADC.ATTN_11DB)
+    return Channel(adc, cal.get("gain_ppm", 1_000_000), cal.get("offset_uv", 0))
+
+
+class Sampler:
+    def __init__(self, machine, cfg, i2c=None) -> None:
+        self.n_probes = len(cfg["pins.ntc"])
+        self.n_cells = cfg["n_cells"]
+        # uV * ratio / 1000 = mV, and ratio_c = ratio x 100: the scale factor is ratio_c
+        self.pack = ScaledChannel(channel(machine, cfg, "pack_v", cfg["pins.pack_v"]),
+                                  cfg["pack_divider_ratio_c"])
+        self.ina = None
+        self.current = None
+        if cfg["current_sensor"] == "ina226":
+            from ina226 import Ina226
+
+            self.ina = Ina226(i2c, cfg["calibration"].get("shunt_uohm", 100))
+        else:
+            self.current = ScaledChannel(channel(machine, cfg, "current", cfg["pins.current"]),
+                                         cfg["current_ma_per_mv_c"], cfg["current_zero_uv"])
+        self.ntc = NtcTable(cfg["ntc_model"], cfg["ntc_r_fixed_ohm"], cfg["ntc_vref_uv"])
+        self.probes = [channel(machine, cfg, "ntc%d" % i, pin)
+                       for i, pin in enumerate(cfg["pins.ntc"])]
+        self.afe = None
+        if self.n_cells:
+            from bq769x0 import Bq769x0
+
+            self.afe = Bq769x0(i2c, self.n_cells)
+        self.pack_mv = 0
+        self.current_ma = 0
+        self.temps_dc = array("h", bytes(2 * max(1, self.n_probes)))
+        self.cells_mv = array("H", bytes(2 * max(1, self.n_cells)))
+        self.riso_pos_kohm = wire.U16_INVALID  # until the first insulation measurement
+        self.riso_neg_kohm = wire.U16_INVALID
+
+    def read(self) -> None:
+        """Refresh pack voltage, current, temperatures and cells (not insulation)."""
+        self.pack_mv = self.pack.read()
+        self.current_ma = self.ina.current_ma() if self.ina else self.current.read()
+        for i in range(self.n_probes):
+            self.temps_dc[i] = self.ntc.temp_dc(self.probes[i].read_uv())
+        if self.afe is not None:
+            try:
+                self.afe.read_cells_mv(self.cells_mv)
+            except OSError:  # AFE not answering: report invalid cells, keep sampling
+                for i in range(self.n_cells):
+                    self.cells_mv[i] = wire.U16_INVALID

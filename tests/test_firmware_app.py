@@ -1,0 +1,116 @@
+"""The whole board program in the MicroPython VM, on the virtual board's `machine` stand-in:
+birth, samples, a local L3 with its pre-event data, a host command, the alarm output."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+from packsentry.hil.mpvm import run_micropython
+from packsentry.protocol import codec, golden, layout, stream
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def ntc_uv(t_c: float) -> int:
+    r = 10_000 * math.exp(3950 * (1 / (t_c + 273.15) - 1 / 298.15))
+    return int(3_300_000 * r / (10_000 + r))
+
+
+CONFIG = {"board_id": 0x00C0FFEE, "chemistry": "nmc", "cells_series": 4, "n_cells": 4,
+          "max_pack_mv": 16_800, "sample_period_ms": 100, "riso_settle_ms": 0,
+          "riso_period_ms": 1_000, "pins": {"ntc": [32, 33]},
+          "pack_divider_ratio_c": 1_000}  # 10:1, so 1.5 V at the ADC is a 15 V pack
+BQ_REGS = {0x50: 0x0C, 0x59: 0xE0, 0x51: 0x00, 0x04: 0} | {
+    0x0C + 2 * i: (9343 >> 8) for i in range(4)} | {0x0D + 2 * i: 9343 & 0xFF for i in range(4)}
+
+
+def run_board(script: str, config: dict = CONFIG) -> list:
+    """Run the board for the scenario `script`; return what its UART carried, decoded."""
+    res = run_micropython(f"""
+import asyncio, json, os
+import machine
+import app, config
+os.mkdir('/flash')
+machine.inputs['adc_uv'].update({{36: 1_500_000, 39: 1_650_000, 32: {ntc_uv(25)},
+                                  33: {ntc_uv(26)}, 34: 1_000_000, 35: 1_000_000}})
+machine.inputs['i2c'][0x08] = {BQ_REGS!r}
+cfg = config.parse({json.dumps(config)!r})
+uart = machine.UART(0)
+board = app.Board(cfg, machine, app.SerialLink(uart, 2048), root='/flash/')
+board.tick_ms = 100
+async def scenario():
+    task = asyncio.create_task(board.run())
+{script}
+    board.running = False
+    await asyncio.sleep_ms(150)
+await scenario()
+print(bytes(uart.tx).hex())
+print(machine.outputs['pins'].get({CONFIG['pins'].get('alarm_out', 2)}, 0),
+      machine.outputs['wdt_feeds'])
+""", dirs={"/firmware": REPO / "firmware", "/vboard": REPO / "hil" / "vboard"},
+        timeout_s=60).check()
+    lines = res.stdout.split()
+    reader = stream.FrameReader()
+    received = reader.feed(bytes.fromhex(lines[-3]))
+    assert all(r.error is None for r in received), [r.error for r in received if r.error]
+    return [r.frame for r in received] + [("alarm_pin", int(lines[-2]), int(lines[-1]))]
+
+
+def test_board_reports_and_raises_a_local_l3_with_pre_event_data() -> None:
+    *frames, (_, alarm_pin, wdt_feeds) = run_board(f"""
+    await asyncio.sleep_ms(650)
+    machine.inputs['adc_uv'][33] = {ntc_uv(62)}  # probe 2 jumps to 62 degC
+    await asyncio.sleep_ms(450)
+""")
+    types = [f["msg_type"] for f in frames]
+    assert types[0] == "birth"
+    birth = frames[0]["payload"]
+    assert birth["schema_fingerprint"] == layout.schema_fingerprint()
+    assert (birth["n_probes"], birth["n_cells"], birth["config_error"]) == (2, 4, 0)
+    samples = [f for f in frames if f["msg_type"] == "sample"
+               and not f["flags"] & codec.FLAGS["pre_event"]]
+    assert len(samples) >= 8
+    first = samples[0]["payload"]
+    assert abs(first["pack_mv"] - 15_000) <= 2
+    assert all(abs(t - e) <= 2 for t, e in zip(first["temps_dc"], [250, 260], strict=True))
+    assert first["cells_mv"] == [9343 * 396 // 1000] * 4
+    alarms = [f["payload"] for f in frames if f["msg_type"] == "alarm"]
+    # 62 degC next to 25 degC: both the high temperature and the spread are L3
+    assert sorted((a["rule"], a["level"], a["event"]) for a in alarms) == [
+        ("temp_high", 3, "raised"), ("temp_spread", 3, "raised")]
+    raised = next(a for a in alarms if a["rule"] == "temp_high")
+    assert raised["value"] >= 600 and raised["subject"] == "probe" and raised["subject_index"] == 1
+    pre = [f for f in frames if f["flags"] & codec.FLAGS["pre_event"]]
+    assert len(pre) == max(a["pre_event_samples"] for a in alarms) > 0
+    assert sorted(f["seq"] for f in frames) == list(range(len(frames)))  # no seq reused
+    assert samples[-1]["payload"]["alarm_level"] == 3
+    assert alarm_pin == 1 and wdt_feeds >= 1
+
+
+def test_board_obeys_time_sync_and_acks_it() -> None:
+    sync = bytes.fromhex(golden.load("time_sync")[0]["hex"])
+    encoded = stream.encode_stream_frame(sync)
+    *frames, _ = run_board(f"""
+    await asyncio.sleep_ms(350)
+    uart.rx += {encoded!r}
+    await asyncio.sleep_ms(350)
+""")
+    acks = [f for f in frames if f["msg_type"] == "cmd_ack"]
+    assert [(a["payload"]["cmd_type"], a["payload"]["result"]) for a in acks] == [
+        ("time_sync", "ok")]
+    unix_ms = codec.decode_frame(sync)["payload"]["unix_ms"]
+    after = [f for f in frames if f["seq"] > acks[0]["seq"]]
+    before = [f for f in frames if f["seq"] < acks[0]["seq"]]
+    assert all(not f["flags"] & codec.FLAGS["time_synced"] for f in before)
+    assert after and all(f["flags"] & codec.FLAGS["time_synced"] for f in after)
+    assert all(0 <= f["ts_ms"] - unix_ms < 5_000 for f in after)
+
+
+def test_bad_config_still_runs_and_says_so() -> None:
+    *frames, _ = run_board("    await asyncio.sleep_ms(250)\n",
+                           config={**CONFIG, "chemistry": "lto"})
+    birth = frames[0]["payload"]
+    assert birth["config_error"] != 0 and birth["chemistry"] == "nmc"
+    assert any(f["msg_type"] == "sample" for f in frames)
