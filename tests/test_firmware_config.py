@@ -77,3 +77,18 @@ def test_first_bad_field_wins_and_the_rest_still_load() -> None:
 def test_probe_cell_must_match_the_probes() -> None:
     out = load_in_vm(json.dumps({"pins": {"ntc": [32, 33]}, "probe_cell": [1]}))
     assert out["error"] == code_of(out, "probe_cell") and out["probe_cell"] == []
+
+
+def test_docs_table_matches_the_config_fields() -> None:
+    doc = (FIRMWARE.parent / "docs" / "firmware.md").read_text()
+    documented = {}
+    for line in doc.splitlines():
+        cells = [c.strip(" `") for c in line.strip().strip("|").split("|")]
+        if len(cells) == 4 and cells[0].isdigit() and cells[1] != "(file)":
+            documented[int(cells[0])] = (cells[1], json.loads(cells[2]))
+    res = run_micropython("""
+import config, json
+print(json.dumps([[name, default] for name, default, check in config.FIELDS]))
+""", dirs={"/firmware": FIRMWARE}).check()
+    fields = {code: tuple(f) for code, f in enumerate(json.loads(res.stdout), 1)}
+    assert documented == fields, "docs/firmware.md's config table differs from config.FIELDS"
