@@ -67,12 +67,12 @@ class SerialLink:
 
 
 class Board:
-    def __init__(self, cfg, machine, link, root: str = "/", store=None, i2c=None) -> None:
+    def __init__(self, cfg, machine, link, root: str = "/", store=None, i2c=None,
+                 persist_frames: bool = True) -> None:
         self.cfg = cfg
         self.machine = machine
         self.link = link
         self.root = root
-        self.store = store
         self.boot = persist.next_boot(root + "boot.dat")
         self.signer = None
         if cfg["key_hex"]:
@@ -86,6 +86,15 @@ class Board:
         s = self.sampler
         self.writer = FrameWriter(cfg["board_id"], self.boot, s.n_probes, s.n_cells, 1,
                                   self.signer)
+        if store is None and persist_frames:
+            from store import Store
+
+            frame_max = len(self.writer.buf)
+            max_bytes = cfg["store.max_bytes"]
+            store = Store(root + "store", max_bytes=max_bytes, frame_max=frame_max,
+                          segment_bytes=max(frame_max + 8, min(4096, max_bytes // 4)),
+                          signer=self.signer)
+        self.store = store
         self.clock = Clock()
         self.safety = LocalSafety(cfg["chemistry"], cfg["max_pack_mv"], cfg["max_temp_dc"],
                                   cfg["thresholds"])

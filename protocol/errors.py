@@ -39,7 +39,16 @@ class MissingTag(ProtocolError):
 
 
 class ReplayedFrame(ProtocolError):
+    """(boot, seq) behind the board's replay window, or from a boot no longer tracked."""
+
     reason = "replayed"
+
+
+class DuplicateFrame(ReplayedFrame):
+    """(boot, seq) already received: a replay, or a store-and-forward re-send of a frame
+    whose ack was lost. A host acknowledges it again, and does not store it twice."""
+
+    reason = "duplicate"
 
 
 class UnsupportedVersion(ProtocolError):

@@ -12,7 +12,7 @@ from __future__ import annotations
 from bisect import bisect_right
 from dataclasses import dataclass, field
 
-from .errors import ReplayedFrame
+from .errors import DuplicateFrame, ReplayedFrame
 
 DEFAULT_WINDOW = 1 << 20  # seqs; ~12 days of 1 Hz samples
 DEFAULT_MAX_BOOTS = 8
@@ -74,7 +74,7 @@ class ReplayWindow:
             raise ReplayedFrame(f"board {board_id} boot {boot}: seq {seq} is more than "
                                 f"{self.window} behind the newest seq {seen.highest}")
         if seen.covers(seq, seq + span):
-            raise ReplayedFrame(f"board {board_id} boot {boot}: seq {seq} was already received")
+            raise DuplicateFrame(f"board {board_id} boot {boot}: seq {seq} was already received")
 
     def accept(self, board_id: int, boot: int, seq: int, span: int = 1) -> None:
         """Record seqs [seq, seq+span) as received (call after the frame is verified)."""

@@ -107,9 +107,9 @@ def test_fingerprint_mismatch_names_both() -> None:
 def test_replayed_seq_is_rejected_and_counted() -> None:
     v = Verifier()
     v.verify(SAMPLE)
-    with pytest.raises(errors.ReplayedFrame, match="already received"):
+    with pytest.raises(errors.DuplicateFrame, match="already received"):
         v.verify(SAMPLE)
-    assert v.counters == {"replayed": 1}
+    assert v.counters == {"duplicate": 1}
 
 
 def _stream(frames: list[bytes]) -> bytes:

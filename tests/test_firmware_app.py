@@ -9,6 +9,7 @@ from pathlib import Path
 
 from packsentry.hil.mpvm import run_micropython
 from packsentry.protocol import codec, golden, layout, stream
+from packsentry.protocol.verify import Verifier
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -31,7 +32,8 @@ def run_board(script: str, config: dict = CONFIG) -> list:
     res = run_micropython(f"""
 import asyncio, json, os
 import machine
-import app, config
+import app, config, store, sampler, safety  # compiled from source: much garbage
+await asyncio.sleep_ms(5)  # this port collects only when control returns to JS
 os.mkdir('/flash')
 machine.inputs['adc_uv'].update({{36: 1_500_000, 39: 1_650_000, 32: {ntc_uv(25)},
                                   33: {ntc_uv(26)}, 34: 1_000_000, 35: 1_000_000}})
@@ -52,7 +54,7 @@ print(machine.outputs['pins'].get({CONFIG['pins'].get('alarm_out', 2)}, 0),
 """, dirs={"/firmware": REPO / "firmware", "/vboard": REPO / "hil" / "vboard"},
         timeout_s=60).check()
     lines = res.stdout.split()
-    reader = stream.FrameReader()
+    reader = stream.FrameReader(Verifier(replay_window=None))  # the board's output as sent
     received = reader.feed(bytes.fromhex(lines[-3]))
     assert all(r.error is None for r in received), [r.error for r in received if r.error]
     return [r.frame for r in received] + [("alarm_pin", int(lines[-2]), int(lines[-1]))]
@@ -101,7 +103,8 @@ def test_board_obeys_time_sync_and_acks_it() -> None:
     assert [(a["payload"]["cmd_type"], a["payload"]["result"]) for a in acks] == [
         ("time_sync", "ok")]
     unix_ms = codec.decode_frame(sync)["payload"]["unix_ms"]
-    after = [f for f in frames if f["seq"] > acks[0]["seq"]]
+    after = [f for f in frames if f["seq"] > acks[0]["seq"]
+             and not f["flags"] & codec.FLAGS["historical"]]  # re-sent frames keep their time
     before = [f for f in frames if f["seq"] < acks[0]["seq"]]
     assert all(not f["flags"] & codec.FLAGS["time_synced"] for f in before)
     assert after and all(f["flags"] & codec.FLAGS["time_synced"] for f in after)
@@ -114,3 +117,26 @@ def test_bad_config_still_runs_and_says_so() -> None:
     birth = frames[0]["payload"]
     assert birth["config_error"] != 0 and birth["chemistry"] == "nmc"
     assert any(f["msg_type"] == "sample" for f in frames)
+
+
+def test_unacknowledged_frames_are_resent_as_historical_after_the_host_returns() -> None:
+    sync = bytes.fromhex(golden.load("time_sync")[0]["hex"])
+    ack = codec.decode_frame(bytes.fromhex(golden.load("ack")[0]["hex"]))
+    del ack["crc32"], ack["tag"]
+    ack = {**ack, "flags": 0, "payload": {"acked_boot": 1, "acked_seq": 2}}
+    cmds = [stream.encode_stream_frame(codec.encode_frame(ack)),
+            stream.encode_stream_frame(sync)]
+    *frames, _ = run_board(f"""
+    await asyncio.sleep_ms(450)
+    uart.rx += {cmds[0]!r}  # the host stored seqs 0..2 of boot 1
+    await asyncio.sleep_ms(150)
+    uart.rx += {cmds[1]!r}  # time sync: the host is on the line, re-send the rest
+    await asyncio.sleep_ms(250)
+    print(board.store.pending_count)
+""")
+    historical = [f for f in frames if f["flags"] & codec.FLAGS["historical"]]
+    assert historical, "nothing was re-sent"
+    assert min(f["seq"] for f in historical) == 3  # 0..2 were acknowledged
+    live = {f["seq"]: f for f in frames if not f["flags"] & codec.FLAGS["historical"]}
+    for f in historical:  # the same frames, flagged and resealed
+        assert f["payload"] == live[f["seq"]]["payload"]
