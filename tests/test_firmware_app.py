@@ -140,3 +140,45 @@ def test_unacknowledged_frames_are_resent_as_historical_after_the_host_returns()
     live = {f["seq"]: f for f in frames if not f["flags"] & codec.FLAGS["historical"]}
     for f in historical:  # the same frames, flagged and resealed
         assert f["payload"] == live[f["seq"]]["payload"]
+
+
+def test_a_whole_sampling_tick_allocates_nothing() -> None:
+    """Sensors, local safety, pre-event ring, frame, COBS and the link write, 1 000 times."""
+    res = run_micropython(f"""
+import asyncio, gc, json, os
+import machine
+import app, config, sampler, safety
+await asyncio.sleep_ms(5)
+os.mkdir('/flash')
+machine.inputs['adc_uv'].update({{36: 1_500_000, 39: 1_650_000, 32: {ntc_uv(25)},
+                                  33: {ntc_uv(26)}}})
+machine.inputs['i2c'][0x08] = {BQ_REGS!r}
+
+class Wire:  # a UART that costs nothing itself, so only the firmware is measured
+    def __init__(self):
+        self.bytes = 0
+    def write(self, buf, off=0, sz=None):
+        self.bytes += sz
+        return sz
+    def any(self):
+        return 0
+
+uart = Wire()
+board = app.Board(config.parse({json.dumps(CONFIG)!r}), machine, app.SerialLink(uart, 2048),
+                  root='/flash/', persist_frames=False)
+board.clock.sync(1_764_000_000_000)
+def run(start, n):
+    for i in range(start, start + n):
+        board.tick(i * 100)
+run(0, 50)
+await asyncio.sleep_ms(5)
+def measure():
+    before = gc.mem_alloc()
+    run(50, 1000)
+    return gc.mem_alloc() - before
+print(measure(), uart.bytes, board.seq)
+""", dirs={"/firmware": REPO / "firmware", "/vboard": REPO / "hil" / "vboard"},
+        timeout_s=60).check()
+    allocated, sent, seq = map(int, res.stdout.split())
+    assert seq >= 1040 and sent > 1000 * 60  # it really sampled and reported every tick
+    assert allocated == 0, f"{allocated} bytes allocated over 1000 ticks"
