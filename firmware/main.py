@@ -8,6 +8,12 @@ import config
 import machine
 import micropython
 
+# Held BOOT button (GPIO0) at reset: stay in the REPL, for `packsentry board deploy`. The
+# running program disables Ctrl-C on the REPL port and starts a watchdog, so mpremote could not
+# otherwise get in.
+if machine.Pin(0, machine.Pin.IN, machine.Pin.PULL_UP).value() == 0:
+    raise SystemExit
+
 cfg = config.load()
 uart = machine.UART(cfg["link.uart"], baudrate=cfg["link.baud"])
 if cfg["link.uart"] == 0:

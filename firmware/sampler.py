@@ -51,7 +51,12 @@ class Sampler:
     def read(self) -> None:
         """Refresh pack voltage, current, temperatures and cells (not insulation)."""
         self.pack_mv = self.pack.read()
-        self.current_ma = self.ina.current_ma() if self.ina else self.current.read()
+        ina = self.ina
+        current = self.current
+        if ina is not None:
+            self.current_ma = ina.current_ma()
+        elif current is not None:
+            self.current_ma = current.read()
         for i in range(self.n_probes):
             self.temps_dc[i] = self.ntc.temp_dc(self.probes[i].read_uv())
         if self.afe is not None:

@@ -7,6 +7,8 @@ import sys
 
 from packsentry.protocol import cli as protocol_cli
 
+from . import board
+
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
@@ -14,6 +16,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Battery-pack safety net: protocol tools, host daemon, HIL rig.")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     protocol_cli.add_parsers(sub)
+    board.add_parsers(sub)
     return parser
 
 

@@ -14,8 +14,9 @@ outputs = {"pins": {}, "wdt_feeds": 0, "reset": False}
 class Pin:
     IN = 1
     OUT = 2
+    PULL_UP = 1
 
-    def __init__(self, pin_id, mode=IN, value=None) -> None:
+    def __init__(self, pin_id, mode=IN, pull=None, value=None) -> None:
         self.id = pin_id
         if value is not None:
             self.value(value)
