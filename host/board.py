@@ -29,8 +29,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from packsentry.protocol import jsonform, replay, stream
-from packsentry.protocol.cli import UsageError, parse_keys
+from packsentry.protocol import replay, stream
+from packsentry.protocol.cli import UsageError, item_json, parse_keys
 from packsentry.protocol.verify import Verifier
 
 from . import firmware_build as fb
@@ -236,15 +236,6 @@ def open_serial(port: str, baud: int):
 
 
 # -- monitor ---------------------------------------------------------------------------------
-
-
-def item_json(source: str, item: stream.Received) -> dict[str, Any]:
-    """Like `packsentry decode` prints it, so `packsentry encode` takes it back."""
-    if item.frame is not None:
-        return {"source": source, "offset": item.offset, **jsonform.to_json(item.frame)}
-    assert item.error is not None
-    return {"source": source, "offset": item.offset, "error": item.error.reason,
-            "message": item.error.message, "raw": item.raw.hex()}
 
 
 def cmd_monitor(args: argparse.Namespace) -> int:

@@ -149,7 +149,7 @@ def cmd_decode(args: argparse.Namespace) -> int:
             if not data.endswith(b"\0"):
                 items += reader.feed(b"\0")  # a stream cut after its last frame
         for item in items:
-            out.write(json.dumps(_item_json(label, item)) + "\n")
+            out.write(json.dumps(item_json(label, item)) + "\n")
             n_ok += item.frame is not None
     counters: ErrorCounters = verifier.counters
     n_bad = sum(counters.values())
@@ -168,7 +168,8 @@ def _decode_bare(verifier: Verifier, data: bytes) -> stream.Received:
         return stream.Received(0, data, error=exc)
 
 
-def _item_json(label: str, item: stream.Received) -> dict[str, Any]:
+def item_json(label: str, item: stream.Received) -> dict[str, Any]:
+    """A received frame as `decode` prints it (and `encode` reads it back)."""
     if item.frame is not None:
         return {"source": label, "offset": item.offset, **jsonform.to_json(item.frame)}
     assert item.error is not None
