@@ -110,6 +110,7 @@ class Board:
         self.running = True
         self.reboot_at = None
         self.tick_ms = TICK_MS  # the HIL rig shortens it to run scenarios faster
+        self.resend_due = False
 
     @staticmethod
     def _insulation(machine, cfg):
@@ -224,7 +225,7 @@ class Board:
             resend = not self.clock.synced
             self.clock.sync(cmd.unix_ms)
             if resend and self.store is not None:
-                self._resend_stored()  # a host is (back) on the line
+                self.resend_due = True  # a host is (back) on the line: resend_loop sends
         elif t == wire.MSG_ACK:
             if cmd.acked_boot == self.boot and cmd.acked_seq > self.acked_seq:
                 self.acked_seq = cmd.acked_seq
@@ -245,12 +246,17 @@ class Board:
             self.reboot_at = time.ticks_add(time.ticks_ms(), cmd.delay_ms)
         return OK
 
-    def _resend_stored(self) -> None:
+    async def resend_loop(self) -> None:
+        """Re-send what the host has not acknowledged, oldest first, paced: a full store is
+        thousands of frames, and sampling (and so the watchdog) must keep running meanwhile."""
         store = self.store
-        if store is None:
-            return
-        for n in store.resend():
-            self.link.send(store.frame_buf, n)
+        while self.running:
+            if self.resend_due and store is not None:
+                self.resend_due = False
+                for n in store.resend():
+                    self.link.send(store.frame_buf, n)
+                    await asyncio.sleep_ms(2)
+            await asyncio.sleep_ms(100)
 
     # -- tasks -------------------------------------------------------------------------------
 
@@ -295,7 +301,7 @@ class Board:
         self.send_birth()
         tasks = [asyncio.create_task(t) for t in (
             self.sample_loop(), self.insulation_loop(), self.command_loop(),
-            self.status_loop(), self.watchdog_loop())]
+            self.status_loop(), self.watchdog_loop(), self.resend_loop())]
         while self.running:
             await asyncio.sleep_ms(100)
         for t in tasks:
