@@ -24,7 +24,7 @@ class ScaledChannel:
 
     def __init__(self, channel: Channel, factor: int, zero_uv: int = 0) -> None:
         self.channel = channel
-        self.factor = factor  # intmath.factor_of(real ratio)
+        self.factor = factor  # the real ratio x intmath.SCALE_ONE
         self.zero_uv = zero_uv
 
     def read(self) -> int:

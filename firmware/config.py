@@ -60,6 +60,11 @@ FIELDS = (
 )
 
 
+# Whole-file problems get the codes after the last field's.
+ERROR_BAD_JSON = len(FIELDS) + 1
+ERROR_MISSING_FILE = len(FIELDS) + 2
+
+
 def _valid(value, check) -> bool:
     if isinstance(check, tuple) and check and isinstance(check[0], int):
         return isinstance(value, int) and not isinstance(value, bool) and \
@@ -129,10 +134,10 @@ def parse(text) -> Config:
     try:
         tree = json.loads(text) if text else {}
     except ValueError as exc:
-        cfg._bad(len(FIELDS) + 1, "config.json is not valid JSON (%s): using defaults" % exc)
+        cfg._bad(ERROR_BAD_JSON, "config.json is not valid JSON (%s): using defaults" % exc)
         tree = {}
     if not isinstance(tree, dict):
-        cfg._bad(len(FIELDS) + 1, "config.json must hold an object: using defaults")
+        cfg._bad(ERROR_BAD_JSON, "config.json must hold an object: using defaults")
         tree = {}
     for code, (name, default, check) in enumerate(FIELDS, 1):
         value = _lookup(tree, name)
@@ -170,10 +175,7 @@ def load(path: str = "config.json") -> Config:
             text = f.read()
     except OSError:
         cfg = parse("")
-        cfg._bad(len(FIELDS) + 2, "%s not found: running on defaults" % path)
+        cfg._bad(ERROR_MISSING_FILE, "%s not found: running on defaults" % path)
         return cfg
     return parse(text)
 
-
-ERROR_BAD_JSON = len(FIELDS) + 1
-ERROR_MISSING_FILE = len(FIELDS) + 2

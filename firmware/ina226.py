@@ -1,11 +1,10 @@
-"""INA226 current/voltage monitor over I2C: pack current from the shunt voltage register.
+"""INA226 current monitor over I2C: pack current from the shunt voltage register.
 
 Shunt voltage LSB is 2.5 uV, so current_ma = raw * 2500 nV / R_shunt (uOhm): nV/uOhm = mA,
 with raw * 2500 < 2**27, a small int. The read goes into a preallocated 2-byte buffer.
 """
 
 REG_SHUNT_V = 0x01
-REG_BUS_V = 0x02
 REG_CONFIG = 0x00
 _CONFIG_CONTINUOUS = b"\x45\x27"  # averages 16, 1.1 ms conversions, shunt and bus continuous
 
@@ -25,6 +24,3 @@ class Ina226:
 
     def current_ma(self) -> int:
         return self._read_s16(REG_SHUNT_V) * 2500 // self.shunt_uohm
-
-    def bus_mv(self) -> int:
-        return self._read_s16(REG_BUS_V) * 5 // 4  # 1.25 mV per LSB

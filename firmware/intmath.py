@@ -26,11 +26,6 @@ def scale(x: int, factor: int) -> int:
     return hi * f_hi * 10 + mid // 100 + ((mid % 100) * 1000 + lo * f_lo) // SCALE_ONE
 
 
-def factor_of(ratio: float) -> int:
-    """The `scale` factor for a real ratio (at configuration time: floats allowed there)."""
-    return round(ratio * SCALE_ONE)
-
-
 def muldiv_sat(a: int, num: int, den: int, limit: int) -> int:
     """About min(a * num // den, limit) for 0 <= a < 2**16, 0 <= num < 2**30, 0 < den < 2**30.
 
