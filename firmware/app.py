@@ -297,11 +297,20 @@ class Board:
                 wdt.feed()
             await asyncio.sleep_ms(1_000)
 
-    async def run(self) -> None:
+    def _link_up(self) -> None:
+        """A (re)connected link (MQTT): say who we are, then re-send what is unacknowledged."""
         self.send_birth()
-        tasks = [asyncio.create_task(t) for t in (
-            self.sample_loop(), self.insulation_loop(), self.command_loop(),
-            self.status_loop(), self.watchdog_loop(), self.resend_loop())]
+        self.resend_due = self.store is not None
+
+    async def run(self) -> None:
+        loops = [self.sample_loop(), self.insulation_loop(), self.command_loop(),
+                 self.status_loop(), self.watchdog_loop(), self.resend_loop()]
+        if hasattr(self.link, "run"):  # a link that keeps its own connection (MQTT)
+            self.link.on_connect = self._link_up
+            loops.append(self.link.run())
+        else:
+            self.send_birth()
+        tasks = [asyncio.create_task(t) for t in loops]
         while self.running:
             await asyncio.sleep_ms(100)
         for t in tasks:

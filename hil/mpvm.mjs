@@ -40,10 +40,73 @@
 //   runs under a small bootstrap that catches everything and prints the traceback from inside
 //   Python, which needs no allocation. Hence the first traceback frame, "<mpvm>". A MemoryError
 //   escaping asyncio's own loop with a full heap can still hang; callers need a timeout.
+//
+// TCP: globalThis.mpvmNet is a small bridge to Node's `net`, reached from Python with
+// `import js; js.mpvmNet...` (hil/vboard/socket.py wraps it as usocket). Client sockets only;
+// each id has its own receive buffer, filled by Node between the script's sleeps. Bytes cross
+// as hex strings (the port converts str both ways, but passes bytes only as proxies).
+//   connect(host, port) -> id      state(id) -> 0 connecting, 1 open, 2 closed
+//   error(id) -> errno or 0        write(id, hex) -> bytes accepted (all of them)
+//   read(id, max) -> hex of up to max bytes, or null if none are buffered
+//   close(id)   (FIN)              reset(id)   (RST: the peer sees the connection drop)
 
 import { readFileSync, readdirSync, statSync } from "node:fs";
+import net from "node:net";
 import path from "node:path";
 import { loadMicroPython } from "@micropython/micropython-webassembly-pyscript";
+
+const ERRNO = { ECONNREFUSED: 111, ECONNRESET: 104, EPIPE: 32, ETIMEDOUT: 110,
+  EHOSTUNREACH: 113, ENETUNREACH: 101, ECONNABORTED: 103, ENOTFOUND: 202 };
+
+function netBridge() {
+  const conns = new Map();
+  let nextId = 1;
+  const get = (id) => {
+    const c = conns.get(id);
+    if (c === undefined) throw new Error(`mpvmNet: no socket ${id}`);
+    return c;
+  };
+  return {
+    connect(host, port) {
+      const id = nextId++;
+      const c = { sock: net.connect({ host, port }), state: 0, error: 0, chunks: [] };
+      c.sock.setNoDelay(true);
+      c.sock.on("connect", () => { c.state = 1; });
+      c.sock.on("data", (d) => { c.chunks.push(d); });
+      c.sock.on("error", (e) => { c.error ||= ERRNO[e.code] ?? 5; }); // 5: EIO
+      c.sock.on("close", () => { c.state = 2; });
+      conns.set(id, c);
+      return id;
+    },
+    state: (id) => get(id).state,
+    error: (id) => get(id).error,
+    write(id, hex) {
+      const c = get(id);
+      if (c.state !== 1 || c.sock.destroyed) return 0;
+      const data = Buffer.from(hex, "hex");
+      c.sock.write(data);
+      return data.length;
+    },
+    read(id, max) {
+      const c = get(id);
+      if (c.chunks.length === 0) return null;
+      const all = c.chunks.length === 1 ? c.chunks[0] : Buffer.concat(c.chunks);
+      const out = all.subarray(0, max);
+      c.chunks = out.length < all.length ? [all.subarray(out.length)] : [];
+      return out.toString("hex");
+    },
+    close(id) {
+      const c = conns.get(id);
+      if (c !== undefined) c.sock.end(); // queued writes first, then FIN
+      conns.delete(id);
+    },
+    reset(id) {
+      const c = conns.get(id);
+      if (c !== undefined) c.sock.resetAndDestroy();
+      conns.delete(id);
+    },
+  };
+}
 
 const DEFAULT_HEAP = 131072;
 const MIN_HEAP = 16384; // less fails in MicroPython's own start-up
@@ -181,6 +244,7 @@ try {
 } catch (e) {
   fail(`cannot read ${opts.script}: ${e.message}`);
 }
+globalThis.mpvmNet = netBridge();
 const mp = await loadMicroPython({
   heapsize: opts.heap,
   linebuffer: false, // called once per byte: pass each on at once
