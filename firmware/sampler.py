@@ -26,10 +26,14 @@ class Sampler:
                                   cfg["pack_divider_ratio_c"])
         self.ina = None
         self.current = None
+        self.faults = []  # sensors that did not start: they read INVALID, the board runs on
         if cfg["current_sensor"] == "ina226":
             from ina226 import Ina226
 
-            self.ina = Ina226(i2c, cfg["calibration"].get("shunt_uohm", 100))
+            try:
+                self.ina = Ina226(i2c, cfg["calibration"].get("shunt_uohm", 100))
+            except (OSError, ValueError) as exc:
+                self._fault("INA226 current monitor", exc)
         else:
             self.current = ScaledChannel(channel(machine, cfg, "current", cfg["pins.current"]),
                                          cfg["current_ma_per_mv_c"], cfg["current_zero_uv"])
@@ -40,13 +44,20 @@ class Sampler:
         if self.n_cells:
             from bq769x0 import Bq769x0
 
-            self.afe = Bq769x0(i2c, self.n_cells)
+            try:  # one BQ769x0 measures up to 15 cells; more need chained AFEs (not yet)
+                self.afe = Bq769x0(i2c, self.n_cells)
+            except (OSError, ValueError) as exc:
+                self._fault("BQ769x0 cell monitor", exc)
         self.pack_mv = 0
         self.current_ma = 0
         self.temps_dc = array("h", bytes(2 * max(1, self.n_probes)))
         self.cells_mv = array("H", bytes(2 * max(1, self.n_cells)))
         self.riso_pos_kohm = wire.U16_INVALID  # until the first insulation measurement
         self.riso_neg_kohm = wire.U16_INVALID
+
+    def _fault(self, what: str, exc: Exception) -> None:
+        self.faults.append(what)
+        print("sensor:", what, "did not start (%r): its readings are INVALID" % (exc,))
 
     def read(self) -> None:
         """Refresh pack voltage, current, temperatures and cells (not insulation)."""
@@ -57,9 +68,14 @@ class Sampler:
             self.current_ma = ina.current_ma()
         elif current is not None:
             self.current_ma = current.read()
+        else:
+            self.current_ma = wire.I32_INVALID
         for i in range(self.n_probes):
             self.temps_dc[i] = self.ntc.temp_dc(self.probes[i].read_uv())
-        if self.afe is not None:
+        if self.afe is None:
+            for i in range(self.n_cells):
+                self.cells_mv[i] = wire.U16_INVALID
+        else:
             try:
                 self.afe.read_cells_mv(self.cells_mv)
             except OSError:  # AFE not answering: report invalid cells, keep sampling

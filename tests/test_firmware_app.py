@@ -7,6 +7,8 @@ import json
 import math
 from pathlib import Path
 
+import pytest
+
 from packsentry.hil.mpvm import run_micropython
 from packsentry.protocol import codec, golden, layout, stream
 from packsentry.protocol.verify import Verifier
@@ -182,3 +184,35 @@ print(measure(), uart.bytes, board.seq)
     allocated, sent, seq = map(int, res.stdout.split())
     assert seq >= 1040 and sent > 1000 * 60  # it really sampled and reported every tick
     assert allocated == 0, f"{allocated} bytes allocated over 1000 ticks"
+
+
+@pytest.mark.parametrize("n_cells", [4, 16])  # no chip on the bus; more than one chip's 15
+def test_a_cell_monitor_that_cannot_start_does_not_stop_the_board(n_cells: int) -> None:
+    """Cells read INVALID, everything else keeps running. A board that raised here would
+    reboot forever."""
+    config = {**CONFIG, "n_cells": n_cells, "cells_series": n_cells}
+    res = run_micropython(f"""
+import asyncio, json, os
+import machine
+import app, config, store, sampler, safety
+await asyncio.sleep_ms(5)
+os.mkdir('/flash')
+machine.inputs['adc_uv'].update({{36: 1_500_000, 39: 1_650_000, 32: {ntc_uv(25)},
+                                  33: {ntc_uv(26)}}})
+uart = machine.UART(0)  # and no I2C device registered at all
+board = app.Board(config.parse({json.dumps(config)!r}), machine, app.SerialLink(uart, 2048),
+                  root='/flash/')
+board.tick_ms = 100
+task = asyncio.create_task(board.run())
+await asyncio.sleep_ms(300)
+board.running = False
+await asyncio.sleep_ms(150)
+print(bytes(uart.tx).hex())
+""", dirs={"/firmware": REPO / "firmware", "/vboard": REPO / "hil" / "vboard"}).check()
+    assert "BQ769x0 cell monitor did not start" in res.stdout
+    reader = stream.FrameReader(Verifier(replay_window=None))
+    frames = [r.frame for r in reader.feed(bytes.fromhex(res.stdout.split()[-1]))]
+    samples = [f["payload"] for f in frames if f["msg_type"] == "sample"]
+    assert len(samples) >= 2, "the board stopped"
+    assert all(s["cells_mv"] == [0xFFFF] * n_cells for s in samples)
+    assert abs(samples[0]["pack_mv"] - 15_000) <= 2
