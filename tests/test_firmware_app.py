@@ -216,3 +216,47 @@ print(bytes(uart.tx).hex())
     assert len(samples) >= 2, "the board stopped"
     assert all(s["cells_mv"] == [0xFFFF] * n_cells for s in samples)
     assert abs(samples[0]["pack_mv"] - 15_000) <= 2
+
+
+def test_config_update_is_authenticated_validated_and_atomic() -> None:
+    key = golden.GOLDEN_KEY
+    base = {**CONFIG, "key_hex": key.hex()}
+    new = json.dumps({**base, "sample_period_ms": 2_000}).encode()
+    bad = json.dumps({**base, "chemistry": "lto"}).encode()
+
+    def update(body: bytes, seq: int, signed: bool) -> bytes:
+        frame = {"msg_type": "config_update", "flags": 0, "board_id": base["board_id"],
+                 "boot": 1, "seq": seq, "ts_ms": 0,
+                 "payload": {"config_version": 2, "config_json": body}}
+        return codec.encode_frame(frame, key=key if signed else None)
+
+    cases = [update(new, 1, signed=False), update(bad, 2, signed=True),
+             update(new, 3, signed=True)]
+    res = run_micropython(f"""
+import asyncio, json, os
+import machine
+import app, config, store, sampler, safety
+await asyncio.sleep_ms(5)
+os.mkdir('/flash')
+machine.inputs['i2c'][0x08] = {BQ_REGS!r}
+with open('/flash/config.json', 'w') as f:
+    f.write({json.dumps(base)!r})
+uart = machine.UART(0)
+board = app.Board(config.load('/flash/config.json'), machine, app.SerialLink(uart, 2048),
+                  root='/flash/')
+for frame in {cases!r}:
+    board.handle_command(memoryview(frame))
+    with open('/flash/config.json') as f:
+        print('RESULT', json.loads(f.read())['sample_period_ms'], board.reboot_at is not None)
+print(bytes(uart.tx).hex())
+""", dirs={"/firmware": REPO / "firmware", "/vboard": REPO / "hil" / "vboard"}).check()
+    lines = res.stdout.split()
+    results = [line.split()[1:] for line in res.stdout.splitlines() if line.startswith("RESULT")]
+    # unsigned: refused; signed but invalid: refused; signed and valid: written, reboot due
+    assert results == [["100", "False"], ["100", "False"], ["2000", "True"]]
+    assert "config: chemistry = 'lto' is invalid" in res.stdout
+    frames = stream.FrameReader(Verifier(replay_window=None)).feed(bytes.fromhex(lines[-1]))
+    acks = [(r.frame["payload"]["cmd_seq"], r.frame["payload"]["result"]) for r in frames
+            if r.frame and r.frame["msg_type"] == "cmd_ack"]
+    assert acks == [(1, "bad_tag"), (2, "invalid"), (3, "ok")]
+    assert all(r.frame and r.frame["flags"] & codec.FLAG_SIGNED for r in frames)
