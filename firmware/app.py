@@ -13,7 +13,7 @@ import time
 import config as config_mod
 import persist
 import wire
-from clock import Clock
+from clock import Clock, ntp_unix_ms
 from cobs import cobs_decode_into, cobs_encode_into, max_encoded_size
 from commands import INVALID, OK, parse_command
 from frames import FrameWriter
@@ -298,7 +298,12 @@ class Board:
             await asyncio.sleep_ms(1_000)
 
     def _link_up(self) -> None:
-        """A (re)connected link (MQTT): say who we are, then re-send what is unacknowledged."""
+        """A (re)connected link (MQTT): take NTP time if no host has given any yet, say who we
+        are, then re-send what is unacknowledged."""
+        if not self.clock.synced:
+            unix_ms = ntp_unix_ms()
+            if unix_ms is not None:
+                self.clock.sync(unix_ms)
         self.send_birth()
         self.resend_due = self.store is not None
 

@@ -44,3 +44,27 @@ class Clock:
             self.anchor_ticks = now
             elapsed = 0
         add_ms(out, self.anchor, elapsed)
+
+
+_UNIX_TO_2000_S = 946_684_800  # seconds from 1970-01-01 to 2000-01-01
+
+
+def ntp_unix_ms(ntp=None, gmtime=time.gmtime):
+    """Unix time in ms from NTP (MicroPython's `ntptime`), or None when it cannot be had.
+
+    Used when WiFi is up and no host has synchronised the clock yet. ntptime.time() counts
+    from the port's epoch, 1970 or 2000 depending on the port, hence the check. It blocks up to
+    ntptime.timeout (1 s): acceptable once per connection, well inside the watchdog's time.
+    """
+    if ntp is None:
+        try:
+            import ntptime as ntp
+        except ImportError:
+            return None
+    try:
+        seconds = ntp.time()
+    except Exception:  # no route, no answer, DNS failure: the host's time sync will come
+        return None
+    if gmtime(0)[0] == 2000:
+        seconds += _UNIX_TO_2000_S
+    return seconds * 1000

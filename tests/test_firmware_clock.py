@@ -52,3 +52,21 @@ os.remove('/flash/boot.dat.bak')  # both lost: start again rather than crash
 print(persist.next_boot('/flash/boot.dat'))
 """, dirs={"/firmware": FIRMWARE}).check().stdout.split()
     assert out == ["1", "2", "3", "4", "1"]
+
+
+def test_ntp_time_is_unix_ms_whatever_the_port_epoch() -> None:
+    out = run_micropython("""
+from clock import ntp_unix_ms
+class Ntp:  # what micropython-lib's ntptime.time() returns: seconds since the port epoch
+    def __init__(self, seconds):
+        self.seconds = seconds
+    def time(self):
+        if self.seconds is None:
+            raise OSError(110)  # ETIMEDOUT: no answer
+        return self.seconds
+unix_s = 1_764_000_000
+print(ntp_unix_ms(Ntp(unix_s), lambda t: (1970,)))
+print(ntp_unix_ms(Ntp(unix_s - 946_684_800), lambda t: (2000,)))
+print(ntp_unix_ms(Ntp(None)), ntp_unix_ms())  # no answer; no ntptime module in this VM
+""", dirs={"/firmware": FIRMWARE}).check().stdout.split()
+    assert out == [str(1_764_000_000_000)] * 2 + ["None", "None"]
