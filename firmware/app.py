@@ -98,7 +98,10 @@ class Board:
         self.clock = Clock()
         self.safety = LocalSafety(cfg["chemistry"], cfg["max_pack_mv"], cfg["max_temp_dc"],
                                   cfg["thresholds"])
-        self.ring = PreEventRing(s.n_probes, s.n_cells)
+        # 1 Hz, or faster if reporting is: local safety and the pre-event ring need >= 1 Hz
+        self.tick_ms = min(TICK_MS, cfg["sample_period_ms"])
+        # the 30 s before an event, capped at 60 samples (heap) when ticking faster than 2 Hz
+        self.ring = PreEventRing(s.n_probes, s.n_cells, min(60, 30_000 // self.tick_ms))
         self.alarm_pin = machine.Pin(cfg["pins.alarm_out"], machine.Pin.OUT, value=0)
         self.insulation = self._insulation(machine, cfg)
         self.seq = 0
@@ -109,7 +112,6 @@ class Board:
         self.last_report_ms = self.started_ms - cfg["sample_period_ms"]
         self.running = True
         self.reboot_at = None
-        self.tick_ms = TICK_MS  # the HIL rig shortens it to run scenarios faster
         self.resend_due = False
 
     @staticmethod

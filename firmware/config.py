@@ -10,7 +10,8 @@ is needed.
 import json
 
 # (dotted name, default, check). Checks: (lo, hi) int range, a tuple of allowed strings,
-# "key" (64 hex chars or ""), "pins" (list of GPIO numbers), "cells" (list of cell indexes),
+# "key" (64 hex chars or ""), "adc1" (an ADC1 GPIO, 32-39: ADC2 is unusable while WiFi
+# runs), "adc1 list", "ntc" (a model, or a list of one model per probe), "cells" (cell indexes),
 # dict (free-form object, checked by its user). Append rows only: codes are positions.
 FIELDS = (
     ("board_id", 0, (0, 0xFFFFFFFF)),
@@ -26,20 +27,20 @@ FIELDS = (
     ("sample_period_ms", 1_000, (100, 3_600_000)),
     ("riso_period_ms", 10_000, (1_000, 3_600_000)),
     ("current_sensor", "shunt", ("shunt", "ina226")),
-    ("pins.pack_v", 36, (0, 39)),
-    ("pins.current", 39, (0, 39)),
-    ("pins.ntc", [32], "pins"),
+    ("pins.pack_v", 36, "adc1"),
+    ("pins.current", 39, "adc1"),
+    ("pins.ntc", [32], "adc1 list"),
     ("pins.alarm_out", 2, (0, 39)),
     ("pins.riso_switch_pos", 25, (0, 39)),
     ("pins.riso_switch_neg", 26, (0, 39)),
-    ("pins.riso_vp", 34, (0, 39)),
-    ("pins.riso_vn", 35, (0, 39)),
+    ("pins.riso_vp", 34, "adc1"),
+    ("pins.riso_vn", 35, "adc1"),
     ("pins.i2c_sda", 21, (0, 39)),
     ("pins.i2c_scl", 22, (0, 39)),
     ("pack_divider_ratio_c", 20_100, (1, 300_000)),  # divider ratio x 100
     ("current_ma_per_mv_c", 20_000, (1, 10_000_000)),  # shunt amp: mA per mV x 100
     ("current_zero_uv", 1_650_000, (0, 3_300_000)),
-    ("ntc_model", {"beta": 3950, "r25_ohm": 10_000}, dict),
+    ("ntc_model", {"beta": 3950, "r25_ohm": 10_000}, "ntc"),  # one model, or one per probe
     ("ntc_r_fixed_ohm", 10_000, (100, 1_000_000)),
     ("ntc_vref_uv", 3_300_000, (1_000_000, 3_600_000)),
     ("riso_r0_kohm", 200, (1, 30_000)),
@@ -84,13 +85,28 @@ def _valid(value, check) -> bool:
             and "+" not in value and "#" not in value  # used in MQTT topics
     if check == "text":
         return isinstance(value, str) and len(value) <= 128
-    if check in ("pins", "cells"):
-        hi = 39 if check == "pins" else 0xFFFF
+    if check == "adc1":
+        return isinstance(value, int) and not isinstance(value, bool) and 32 <= value <= 39
+    if check == "adc1 list":
         return isinstance(value, list) and len(value) <= 32 and all(
-            isinstance(v, int) and 0 <= v <= hi for v in value)
+            _valid(v, "adc1") for v in value)
+    if check == "cells":
+        return isinstance(value, list) and len(value) <= 32 and all(
+            isinstance(v, int) and 0 <= v <= 0xFFFF for v in value)
+    if check == "ntc":
+        models = value if isinstance(value, list) else [value]
+        return len(models) >= 1 and all(_ntc_model_ok(m) for m in models)
     if check is dict:
         return isinstance(value, dict)
     return False
+
+
+def _ntc_model_ok(m) -> bool:
+    if not isinstance(m, dict):
+        return False
+    if "beta" in m:
+        return all(isinstance(m.get(k), (int, float)) and m[k] > 0 for k in ("beta", "r25_ohm"))
+    return all(isinstance(m.get(k), (int, float)) for k in ("a", "b", "c")) and m["c"] != 0
 
 
 class Config:
@@ -151,6 +167,12 @@ def parse(text) -> Config:
             cfg._bad(code, "%s = %r is invalid (%s): using default %r"
                      % (name, value, _describe(check), default))
     n_probes = len(cfg.values["pins.ntc"])
+    models = cfg.values["ntc_model"]
+    if isinstance(models, list) and len(models) != n_probes:
+        code = [f[0] for f in FIELDS].index("ntc_model") + 1
+        cfg._bad(code, "ntc_model lists %d models for %d probes (pins.ntc): using the first"
+                 % (len(models), n_probes))
+        cfg.values["ntc_model"] = models[0]
     if cfg.values["probe_cell"] and len(cfg.values["probe_cell"]) != n_probes:
         code = [f[0] for f in FIELDS].index("probe_cell") + 1
         cfg._bad(code, "probe_cell has %d entries for %d probes (pins.ntc): ignoring it"
@@ -165,8 +187,10 @@ def _describe(check) -> str:
     if isinstance(check, tuple):
         return "one of " + ", ".join(check)
     return {"key": "64 hex digits or empty", "name": "up to 32 characters, no / + #",
-            "text": "up to 128 characters", "pins": "a list of GPIO numbers 0-39",
-            "cells": "a list of cell indexes"}.get(check, "an object")
+            "text": "up to 128 characters", "adc1": "an ADC1 GPIO, 32 to 39",
+            "adc1 list": "a list of ADC1 GPIOs, 32 to 39", "cells": "a list of cell indexes",
+            "ntc": "{beta, r25_ohm} or {a, b, c}, or a list of those, one per probe"
+            }.get(check, "an object")
 
 
 def load(path: str = "config.json") -> Config:

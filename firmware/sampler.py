@@ -37,7 +37,16 @@ class Sampler:
         else:
             self.current = ScaledChannel(channel(machine, cfg, "current", cfg["pins.current"]),
                                          cfg["current_ma_per_mv_c"], cfg["current_zero_uv"])
-        self.ntc = NtcTable(cfg["ntc_model"], cfg["ntc_r_fixed_ohm"], cfg["ntc_vref_uv"])
+        models = cfg["ntc_model"]
+        if not isinstance(models, list):
+            models = [models] * self.n_probes
+        tables = {}  # one table per distinct probe type
+        self.ntc = []
+        for model in models:
+            key = repr(sorted(model.items()))
+            if key not in tables:
+                tables[key] = NtcTable(model, cfg["ntc_r_fixed_ohm"], cfg["ntc_vref_uv"])
+            self.ntc.append(tables[key])
         self.probes = [channel(machine, cfg, "ntc%d" % i, pin)
                        for i, pin in enumerate(cfg["pins.ntc"])]
         self.afe = None
@@ -71,7 +80,7 @@ class Sampler:
         else:
             self.current_ma = wire.I32_INVALID
         for i in range(self.n_probes):
-            self.temps_dc[i] = self.ntc.temp_dc(self.probes[i].read_uv())
+            self.temps_dc[i] = self.ntc[i].temp_dc(self.probes[i].read_uv())
         if self.afe is None:
             for i in range(self.n_cells):
                 self.cells_mv[i] = wire.U16_INVALID

@@ -59,6 +59,10 @@ def test_bad_json_runs_on_defaults() -> None:
     ({"pins": {"ntc": [32, 99]}}, "pins.ntc"),
     ({"key_hex": "abc"}, "key_hex"),
     ({"site": "depot/1"}, "site"),
+    ({"pins": {"pack_v": 25}}, "pins.pack_v"),  # an ADC2 pin: unusable while WiFi runs
+    ({"pins": {"ntc": [32, 4]}}, "pins.ntc"),
+    ({"ntc_model": {"beta": -1, "r25_ohm": 10_000}}, "ntc_model"),
+    ({"ntc_model": [{"beta": 3950, "r25_ohm": 10_000}, "x"]}, "ntc_model"),
 ])
 def test_bad_field_falls_back_and_is_named(doc: dict, field: str) -> None:
     out = load_in_vm(json.dumps({"board_id": 9, **doc} if "board_id" not in doc else doc))

@@ -3,6 +3,7 @@ models of the chips, as the HIL rig's virtual board will provide), NTC and insul
 
 from __future__ import annotations
 
+import json
 import math
 from pathlib import Path
 
@@ -161,3 +162,31 @@ for c in {cases}:
     got = list(zip(map(int, out[::2]), map(int, out[1::2]), strict=True))
     for (rp, rn), (gp, gn) in zip(expected, got, strict=True):
         assert abs(gp - rp) <= max(2, rp * 0.02) and abs(gn - rn) <= max(2, rn * 0.02)
+
+
+def test_each_probe_reads_with_its_own_ntc_type() -> None:
+    beta = {"beta": 3435, "r25_ohm": 10_000}
+    sh = {"a": 1.009249522e-3, "b": 2.378405444e-4, "c": 2.019202697e-7}
+
+    def uv(model: dict, t_c: float) -> int:
+        t_k = t_c + 273.15
+        if "beta" in model:
+            r = model["r25_ohm"] * math.exp(model["beta"] * (1 / t_k - 1 / 298.15))
+        else:
+            x = (model["a"] - 1 / t_k) / model["c"]
+            y = math.sqrt((model["b"] / (3 * model["c"])) ** 3 + x * x / 4)
+            r = math.exp(math.cbrt(y - x / 2) - math.cbrt(y + x / 2))
+        return int(3_300_000 * r / (10_000 + r))
+
+    out = run_micropython(f"""
+import machine, config
+from sampler import Sampler
+machine.inputs['adc_uv'].update({{32: {uv(beta, 40.0)}, 33: {uv(sh, 40.0)}, 34: {uv(beta, 40.0)}}})
+cfg = config.parse({json.dumps({"pins": {"ntc": [32, 33, 34]}, "ntc_model": [beta, sh, beta]})!r})
+s = Sampler(machine, cfg)
+s.read()
+print(cfg.error, list(s.temps_dc), s.ntc[0] is s.ntc[2])
+""", dirs={"/firmware": FIRMWARE, "/vboard": FIRMWARE.parent / "hil" / "vboard"}).check().stdout
+    error, *temps, shared = out.replace("[", "").replace("]", "").replace(",", "").split()
+    assert error == "0" and shared == "True"  # one table per probe type
+    assert all(abs(int(t) - 400) <= 3 for t in temps), temps
