@@ -58,6 +58,10 @@ FIELDS = (
     ("link.port", 1883, (1, 65_535)),
     ("link.keepalive_s", 60, (5, 3_600)),
     ("store.max_bytes", 262_144, (4_096, 4_194_304)),
+    # NTC probes behind an analog multiplexer (e.g. CD74HC4067): up to 32 on one ADC1 pin.
+    ("ntc_mux_probes", 0, (0, 32)),  # 0: no multiplexer, probes wired to pins.ntc
+    ("pins.ntc_mux_adc", 33, "adc1"),
+    ("pins.ntc_mux_select", [], "gpio list"),  # select lines, least significant bit first
 )
 
 
@@ -90,6 +94,9 @@ def _valid(value, check) -> bool:
     if check == "adc1 list":
         return isinstance(value, list) and len(value) <= 32 and all(
             _valid(v, "adc1") for v in value)
+    if check == "gpio list":
+        return isinstance(value, list) and len(value) <= 5 and all(
+            isinstance(v, int) and not isinstance(v, bool) and 0 <= v <= 39 for v in value)
     if check == "cells":
         return isinstance(value, list) and len(value) <= 32 and all(
             isinstance(v, int) and 0 <= v <= 0xFFFF for v in value)
@@ -120,6 +127,11 @@ class Config:
 
     def get(self, name: str, default=None):
         return self.values.get(name, default)
+
+    @property
+    def n_probes(self) -> int:
+        """Temperature probes: multiplexed ones if a multiplexer is configured."""
+        return self.values["ntc_mux_probes"] or len(self.values["pins.ntc"])
 
     @property
     def key(self) -> bytes:
@@ -166,7 +178,14 @@ def parse(text) -> Config:
             cfg.values[name] = default
             cfg._bad(code, "%s = %r is invalid (%s): using default %r"
                      % (name, value, _describe(check), default))
-    n_probes = len(cfg.values["pins.ntc"])
+    n_probes = cfg.n_probes
+    mux = cfg.values["ntc_mux_probes"]
+    if mux and mux > 1 << len(cfg.values["pins.ntc_mux_select"]):
+        code = [f[0] for f in FIELDS].index("pins.ntc_mux_select") + 1
+        cfg._bad(code, "%d select lines cannot address %d multiplexed probes: using pins.ntc"
+                 % (len(cfg.values["pins.ntc_mux_select"]), mux))
+        cfg.values["ntc_mux_probes"] = 0
+        n_probes = cfg.n_probes
     models = cfg.values["ntc_model"]
     if isinstance(models, list) and len(models) != n_probes:
         code = [f[0] for f in FIELDS].index("ntc_model") + 1
@@ -189,6 +208,7 @@ def _describe(check) -> str:
     return {"key": "64 hex digits or empty", "name": "up to 32 characters, no / + #",
             "text": "up to 128 characters", "adc1": "an ADC1 GPIO, 32 to 39",
             "adc1 list": "a list of ADC1 GPIOs, 32 to 39", "cells": "a list of cell indexes",
+            "gpio list": "up to 5 GPIOs, 0 to 39",
             "ntc": "{beta, r25_ohm} or {a, b, c}, or a list of those, one per probe"
             }.get(check, "an object")
 

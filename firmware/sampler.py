@@ -19,7 +19,7 @@ def channel(machine, cfg, name: str, pin: int) -> Channel:
 
 class Sampler:
     def __init__(self, machine, cfg, i2c=None) -> None:
-        self.n_probes = len(cfg["pins.ntc"])
+        self.n_probes = cfg.n_probes
         self.n_cells = cfg["n_cells"]
         # uV * ratio / 1000 = mV, and ratio_c = ratio x 100: the scale factor is ratio_c
         self.pack = ScaledChannel(channel(machine, cfg, "pack_v", cfg["pins.pack_v"]),
@@ -47,8 +47,15 @@ class Sampler:
             if key not in tables:
                 tables[key] = NtcTable(model, cfg["ntc_r_fixed_ohm"], cfg["ntc_vref_uv"])
             self.ntc.append(tables[key])
-        self.probes = [channel(machine, cfg, "ntc%d" % i, pin)
-                       for i, pin in enumerate(cfg["pins.ntc"])]
+        self.mux_select = []
+        if cfg["ntc_mux_probes"]:  # all probes on one ADC pin behind a multiplexer
+            self.mux_select = [machine.Pin(p, machine.Pin.OUT, value=0)
+                               for p in cfg["pins.ntc_mux_select"]]
+            mux_adc = channel(machine, cfg, "ntc_mux", cfg["pins.ntc_mux_adc"])
+            self.probes = [mux_adc] * self.n_probes
+        else:
+            self.probes = [channel(machine, cfg, "ntc%d" % i, pin)
+                           for i, pin in enumerate(cfg["pins.ntc"])]
         self.afe = None
         if self.n_cells:
             from bq769x0 import Bq769x0
@@ -79,7 +86,10 @@ class Sampler:
             self.current_ma = current.read()
         else:
             self.current_ma = wire.I32_INVALID
+        select = self.mux_select
         for i in range(self.n_probes):
+            for bit in range(len(select)):  # address probe i on the multiplexer
+                select[bit].value((i >> bit) & 1)
             self.temps_dc[i] = self.ntc[i].temp_dc(self.probes[i].read_uv())
         if self.afe is None:
             for i in range(self.n_cells):

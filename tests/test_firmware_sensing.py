@@ -190,3 +190,46 @@ print(cfg.error, list(s.temps_dc), s.ntc[0] is s.ntc[2])
     error, *temps, shared = out.replace("[", "").replace("]", "").replace(",", "").split()
     assert error == "0" and shared == "True"  # one table per probe type
     assert all(abs(int(t) - 400) <= 3 for t in temps), temps
+
+
+def test_twenty_probes_behind_a_multiplexer() -> None:
+    temps_c = [20 + 2 * i for i in range(20)]
+    model = {"beta": 3950, "r25_ohm": 10_000}
+
+    def uv(t_c: float) -> int:
+        r = 10_000 * math.exp(3950 * (1 / (t_c + 273.15) - 1 / 298.15))
+        return int(3_300_000 * r / (10_000 + r))
+
+    select = [12, 13, 14, 15, 16]
+    doc = {"ntc_mux_probes": 20, "pins": {"ntc_mux_adc": 33, "ntc_mux_select": select},
+           "ntc_model": model}
+    out = run_micropython(f"""
+import asyncio, gc, machine
+import config
+await asyncio.sleep_ms(2)  # this VM collects compile garbage only at a real sleep
+from sampler import Sampler
+await asyncio.sleep_ms(2)
+machine.inputs['mux'][33] = ({select!r}, {[uv(t) for t in temps_c]!r})
+cfg = config.parse({json.dumps(doc)!r})
+s = Sampler(machine, cfg)
+s.read()
+def measure():
+    before = gc.mem_alloc()
+    for _ in range(100):
+        s.read()
+    return gc.mem_alloc() - before
+print(cfg.error, s.n_probes, measure(), list(s.temps_dc))
+""", dirs={"/firmware": FIRMWARE, "/vboard": FIRMWARE.parent / "hil" / "vboard"}).check().stdout
+    error, n, allocated, *temps = out.replace("[", "").replace("]", "").replace(",", "").split()
+    assert (error, n, allocated) == ("0", "20", "0")
+    assert all(abs(int(t) - 10 * c) <= 3 for t, c in zip(temps, temps_c, strict=True)), temps
+
+
+def test_too_few_select_lines_fall_back_to_direct_probes() -> None:
+    doc = {"ntc_mux_probes": 20, "pins": {"ntc_mux_select": [12, 13], "ntc": [32, 34]}}
+    out = run_micropython(f"""
+import config
+cfg = config.parse({json.dumps(doc)!r})
+print(cfg.n_probes, cfg.error == [f[0] for f in config.FIELDS].index('pins.ntc_mux_select') + 1)
+""", dirs={"/firmware": FIRMWARE}).check().stdout.split()
+    assert out[-2:] == ["2", "True"]

@@ -7,7 +7,9 @@ It runs inside the VM, next to the unchanged firmware. Only what the firmware us
 
 import sys
 
-inputs = {"adc_uv": {}, "i2c": {}}  # ADC pin -> uV; I2C address -> register-map device
+# ADC pin -> uV; I2C address -> register-map device; ADC pin -> (select pins, uV per channel)
+# for an analog multiplexer in front of that pin
+inputs = {"adc_uv": {}, "i2c": {}, "mux": {}}
 outputs = {"pins": {}, "wdt_feeds": 0, "reset": False}
 
 
@@ -41,6 +43,14 @@ class ADC:
         self.pin_id = pin.id if isinstance(pin, Pin) else pin
 
     def read_uv(self) -> int:
+        mux = inputs["mux"].get(self.pin_id)
+        if mux is not None:
+            select, channels_uv = mux
+            ch = 0
+            pins = outputs["pins"]
+            for bit in range(len(select)):  # no enumerate: the stand-in must not allocate
+                ch |= pins.get(select[bit], 0) << bit
+            return channels_uv[ch] if ch < len(channels_uv) else 0
         return inputs["adc_uv"].get(self.pin_id, 0)
 
 
