@@ -42,9 +42,12 @@ class SerialLink:
         self.chunk = bytearray(64)
         self.overruns = 0
 
-    def send(self, buf, n: int) -> None:
+    connected = True  # a UART has no connection to lose
+
+    def send(self, buf, n: int) -> bool:
         m = cobs_encode_into(buf, n, self.tx)
         self.uart.write(self.tx, 0, m)
+        return True
 
     def poll(self, handle) -> None:
         """Read what arrived; call handle(memoryview of a decoded frame) per complete frame."""
@@ -113,6 +116,8 @@ class Board:
         self.running = True
         self.reboot_at = None
         self.resend_due = False
+        self.birth_due = False
+        self.pre_event_first = 0
 
     @staticmethod
     def _insulation(machine, cfg):
@@ -139,17 +144,26 @@ class Board:
         self.seq = seq + 1
         return seq
 
-    def send(self, n: int) -> None:
-        if self.store is not None and self.writer.buf[wire.HEADER_OFF_MSG_TYPE] in (
+    def send(self, n: int) -> bool:
+        """Send the frame in writer.buf. Samples, batches and alarms are stored first, so one
+        the link cannot take now (down, or busy) goes out later with the stored re-send."""
+        store = self.store
+        stored = False
+        if store is not None and self.writer.buf[wire.HEADER_OFF_MSG_TYPE] in (
                 wire.MSG_SAMPLE, wire.MSG_BATCH, wire.MSG_ALARM):
-            self.store.append(self.writer.buf, n)  # kept until the host acknowledges it
-        self.link.send(self.writer.buf, n)
+            store.append(self.writer.buf, n)  # kept until the host acknowledges it
+            stored = True
+        if self.link.send(self.writer.buf, n):
+            return True
+        if stored:
+            self.resend_due = True
+        return False
 
-    def send_birth(self) -> None:
+    def send_birth(self) -> bool:
         c = self.cfg
         self.clock.now_into(self.writer.ts)
         probe_cell = c["probe_cell"] or [0xFFFF] * self.sampler.n_probes
-        self.send(self.writer.birth(
+        return self.send(self.writer.birth(
             self._next_seq(), self._flags(), FW_VERSION, _CHEMISTRY[c["chemistry"]],
             c["cells_series"], c["rated_mah"], c["max_pack_mv"], c["max_temp_dc"],
             c["sample_period_ms"], c["riso_period_ms"], _SENSOR[c["current_sensor"]],
@@ -178,10 +192,10 @@ class Board:
         level = safety.evaluate(now_ms, s.pack_mv, s.temps_dc, s.n_probes, s.cells_mv,
                                 s.n_cells, s.riso_pos_kohm, s.riso_neg_kohm)
         self.alarm_pin.value(1 if level >= 3 else 0)
+        if safety.q_len:
+            self._report_events()  # before this sample joins the ring: it is reported live
         self.ring.push(w.ts, self._flags(), s.pack_mv, s.current_ma, s.riso_pos_kohm,
                        s.riso_neg_kohm, level, safety.flags, s.temps_dc, s.cells_mv)
-        if safety.q_len:
-            self._report_events()
         # L3 and above: report every tick (GB/T 32960.3: 1 s while an alarm is active)
         if level >= 3 or time.ticks_diff(now_ms, self.last_report_ms) >= \
                 self.cfg["sample_period_ms"]:
@@ -203,9 +217,10 @@ class Board:
                               q.q_threshold[i], pre))
             pre_event = pre_event or pre > 0
         q.q_len = 0
-        if pre_event:  # the 30 s that led up to it, once per batch of raised alarms
-            first = self.seq
-            self.seq += self.ring.replay(w, first, self.send)
+        if pre_event and not self.ring.frozen:  # the 30 s that led up to it, sent by
+            self.ring.frozen = True  # catch_up_loop as the link takes them; seqs reserved now
+            self.pre_event_first = self.seq
+            self.seq += self.ring.count
 
     # -- commands ----------------------------------------------------------------------------
 
@@ -227,7 +242,7 @@ class Board:
             resend = not self.clock.synced
             self.clock.sync(cmd.unix_ms)
             if resend and self.store is not None:
-                self.resend_due = True  # a host is (back) on the line: resend_loop sends
+                self.resend_due = True  # a host is (back) on the line: catch_up_loop sends
         elif t == wire.MSG_ACK:
             if cmd.acked_boot == self.boot and cmd.acked_seq > self.acked_seq:
                 self.acked_seq = cmd.acked_seq
@@ -248,17 +263,53 @@ class Board:
             self.reboot_at = time.ticks_add(time.ticks_ms(), cmd.delay_ms)
         return OK
 
-    async def resend_loop(self) -> None:
-        """Re-send what the host has not acknowledged, oldest first, paced: a full store is
-        thousands of frames, and sampling (and so the watchdog) must keep running meanwhile."""
+    async def _send_pre_event(self) -> None:
+        """The frozen ring's samples, each stored once and sent when the link takes it (an
+        MQTT link has a few publish slots; a burst would overflow them). Re-encoded after
+        every wait, because sampling reuses the writer's buffer meanwhile."""
+        ring = self.ring
+        w = self.writer
+        for j in range(ring.count):
+            n = ring.encode(j, w, self.pre_event_first + j)
+            if self.store is not None:
+                self.store.append(w.buf, n)
+            while not self.link.send(w.buf, n):
+                if not self.link.connected:  # stored: re-sent after the next connect
+                    self.resend_due = self.store is not None
+                    break
+                await asyncio.sleep_ms(20)  # a publish slot frees on its PUBACK
+                n = ring.encode(j, w, self.pre_event_first + j)
+            await asyncio.sleep_ms(2)
+        ring.clear()
+
+    async def catch_up_loop(self) -> None:
+        """A birth that is due (after a reconnect), then what the host has not acknowledged,
+        oldest first. Paced, and waiting for the link to take each frame: a full store is
+        thousands of frames, an MQTT link has a few publish slots, and sampling (and so the
+        watchdog) must keep running meanwhile."""
         store = self.store
+        link = self.link
         while self.running:
-            if self.resend_due and store is not None:
-                self.resend_due = False
+            if self.birth_due and link.connected and self.send_birth():
+                self.birth_due = False
+            if self.ring.frozen:
+                await self._send_pre_event()
+            if self.resend_due and not self.birth_due and store is not None and link.connected:
+                self.resend_due = False  # frames dropped during this walk ask for another
+                lost_link = False
                 for n in store.resend():
-                    self.link.send(store.frame_buf, n)
+                    while not link.send(store.frame_buf, n):
+                        if not link.connected:
+                            lost_link = True
+                            break
+                        await asyncio.sleep_ms(20)  # a publish slot frees on its PUBACK
+                    if lost_link:
+                        self.resend_due = True  # start over after the next connect
+                        break
                     await asyncio.sleep_ms(2)
-            await asyncio.sleep_ms(100)
+                else:
+                    await asyncio.sleep_ms(5_000)  # a walk done: don't re-walk back to back
+            await asyncio.sleep_ms(50)
 
     # -- tasks -------------------------------------------------------------------------------
 
@@ -306,12 +357,12 @@ class Board:
             unix_ms = ntp_unix_ms()
             if unix_ms is not None:
                 self.clock.sync(unix_ms)
-        self.send_birth()
+        self.birth_due = True  # sent by catch_up_loop, retried until the link takes it
         self.resend_due = self.store is not None
 
     async def run(self) -> None:
         loops = [self.sample_loop(), self.insulation_loop(), self.command_loop(),
-                 self.status_loop(), self.watchdog_loop(), self.resend_loop()]
+                 self.status_loop(), self.watchdog_loop(), self.catch_up_loop()]
         if hasattr(self.link, "run"):  # a link that keeps its own connection (MQTT)
             self.link.on_connect = self._link_up
             loops.append(self.link.run())

@@ -61,14 +61,16 @@ class MqttLink:
     async def stop(self) -> None:
         await self.client.stop()
 
-    def send(self, buf, n: int) -> None:
+    def send(self, buf, n: int) -> bool:
+        """Publish one frame; False (and counted) if the link is down or every slot is busy."""
         t = buf[wire.HEADER_OFF_MSG_TYPE]
         topic = self.topics.get(t)
         if topic is None or not self.client.connected or \
                 not self.client.publish(topic, buf, n, 1, t == wire.MSG_BIRTH):
             self.dropped += 1
-            return
+            return False
         self.sent += 1
+        return True
 
     def poll(self, handle) -> None:
         """Hand each command received since the last poll to handle(memoryview of the frame)."""

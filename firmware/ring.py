@@ -3,7 +3,8 @@
 
 The ring takes every sample at the sampling rate, whatever the reporting period. Replayed
 samples are new frames: flag pre_event, their original timestamps, and fresh seqs (some of
-them were reported live already, and a seq is never reused)."""
+them were reported live already, and a seq is never reused). The board sends them one by one
+as its link takes them (app.Board.catch_up_loop), with the ring frozen meanwhile."""
 
 from array import array
 
@@ -29,9 +30,13 @@ class PreEventRing:
         self.cells = array("H", bytes(2 * depth * max(1, n_cells)))
         self.count = 0
         self.head = 0
+        self.frozen = False  # while its samples are being sent: the event's 30 s stay put
+        self._saved_ts = bytearray(8)
 
     def push(self, ts8, frame_flags: int, pack_mv: int, current_ma: int, riso_pos: int,
              riso_neg: int, level: int, alarm_flags: int, temps, cells) -> None:
+        if self.frozen:
+            return
         i = self.head
         for k in range(8):
             self.ts[8 * i + k] = ts8[k]
@@ -52,24 +57,25 @@ class PreEventRing:
         if self.count < self.depth:
             self.count += 1
 
-    def replay(self, writer, first_seq: int, send) -> int:
-        """Encode the held samples oldest first with `writer` (frames.FrameWriter) as seqs
-        first_seq, first_seq + 1, ..., passing each frame's length to send(n). Empties the
-        ring; returns how many seqs were used."""
-        n = self.count
-        saved_ts = bytes(writer.ts)
-        start = (self.head - n) % self.depth
-        for j in range(n):
-            i = (start + j) % self.depth
-            for k in range(8):
-                writer.ts[k] = self.ts[8 * i + k]
-            temps = memoryview(self.temps)[i * self.n_probes:(i + 1) * self.n_probes]
-            cells = memoryview(self.cells)[i * self.n_cells:(i + 1) * self.n_cells]
-            length = writer.sample(first_seq + j, self.frame_flags[i] | wire.FLAG_PRE_EVENT,
-                                   self.pack_mv[i], self.current_ma[i], self.riso_pos[i],
-                                   self.riso_neg[i], self.level[i], self.flags[i], temps, cells)
-            send(length)
+    def encode(self, j: int, writer, seq: int) -> int:
+        """Encode the j-th oldest held sample with `writer` (frames.FrameWriter) as seq `seq`,
+        flagged pre_event, with its own timestamp; return the frame's length. writer.ts is
+        left as it was."""
+        i = (self.head - self.count + j) % self.depth
+        ts = writer.ts
+        saved = self._saved_ts
         for k in range(8):
-            writer.ts[k] = saved_ts[k]
+            saved[k] = ts[k]
+            ts[k] = self.ts[8 * i + k]
+        temps = memoryview(self.temps)[i * self.n_probes:(i + 1) * self.n_probes]
+        cells = memoryview(self.cells)[i * self.n_cells:(i + 1) * self.n_cells]
+        length = writer.sample(seq, self.frame_flags[i] | wire.FLAG_PRE_EVENT, self.pack_mv[i],
+                               self.current_ma[i], self.riso_pos[i], self.riso_neg[i],
+                               self.level[i], self.flags[i], temps, cells)
+        for k in range(8):
+            ts[k] = saved[k]
+        return length
+
+    def clear(self) -> None:
         self.count = 0
-        return n
+        self.frozen = False

@@ -126,7 +126,10 @@ class LocalSafety:
             side = 0 if riso_pos_kohm <= riso_neg_kohm else 1  # index: 0 HV+ side, 1 HV- side
             self._check(wire.RULE_INSULATION, wire.ALARM_INSULATION, r_min < self.riso_l3_kohm,
                         r_min >= self.riso_clear_kohm, PACK, side, r_min, self.riso_l3_kohm)
-        self._history(ticks_ms, t_max if have_t else -32768, pack_mv, t_at)
+        # rates are per second and per minute: keep one history entry per second, whatever
+        # the sampling period
+        if self._n == 0 or ticks_ms - self._ms_hist[(self._head - 1) % _HIST] >= 1000:
+            self._history(ticks_ms, t_max if have_t else -32768, pack_mv, t_at)
         return self.level
 
     def _history(self, ticks_ms: int, t_max: int, pack_mv: int, t_at: int) -> None:

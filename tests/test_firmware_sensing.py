@@ -35,7 +35,7 @@ def vm(script: str) -> str:
     return run_micropython(script, dirs={"/firmware": FIRMWARE}).check().stdout
 
 
-def test_pre_event_ring_replays_last_30_with_new_seqs_and_old_times() -> None:
+def test_pre_event_ring_encodes_last_30_with_new_seqs_and_old_times() -> None:
     out = vm("""
 from ring import PreEventRing
 from frames import FrameWriter
@@ -61,8 +61,11 @@ def measure():
 print(measure())
 push_all(45)
 w.set_ts_ms(999999)
-frames = []
-used = r.replay(w, 500, lambda n: frames.append(bytes(w.buf[:n]).hex()))
+r.frozen = True  # while sending: new samples must not push the event's 30 s out
+push_all(5)
+frames = [bytes(w.buf[:r.encode(j, w, 500 + j)]).hex() for j in range(r.count)]
+used = r.count
+r.clear()
 print(used, r.count, bytes(w.ts) == (999999).to_bytes(8, 'little'))
 for f in frames:
     print(f)

@@ -32,6 +32,7 @@ EINPROGRESS = 115
 ENOTCONN = 128
 EBADF = 9
 EHOSTUNREACH = 113
+ECONNRESET = 104
 
 _net = js.mpvmNet
 
@@ -76,7 +77,10 @@ class socket:  # usocket's name
         return _net.state(self.id)
 
     def write(self, buf, n=None):
-        if self._check() != 1:
+        state = self._check()
+        if state == 2:  # the peer closed: lwIP reports ECONNRESET here, not "try again"
+            raise OSError(ECONNRESET)
+        if state != 1:
             return None
         mv = memoryview(buf)
         if n is not None:
