@@ -16,7 +16,15 @@ import time
 
 import pytest
 from test_firmware_app import BQ_REGS, ntc_uv
-from test_firmware_mqtt import REPO, Broker, Lines, Subscriber, publish, retained
+from test_firmware_mqtt import (
+    REPO,
+    VM_CONTROL,
+    Broker,
+    Lines,
+    Subscriber,
+    publish,
+    retained,
+)
 
 from packsentry.hil.mpvm import RUNNER, check_package, find_node
 from packsentry.protocol import codec, golden, layout
@@ -61,34 +69,7 @@ await asyncio.sleep_ms(5)
 import gc
 print("FREE", gc.mem_free(), gc.mem_alloc())
 
-ctl = socket.socket()
-ctl.setblocking(False)
-try:
-    ctl.connect(("127.0.0.1", %(ctl)d))
-except OSError:
-    pass
-ctl_buf = bytearray(64)
-ctl_rx = b""
-
-async def step():
-    global ctl_rx
-    while b"\\n" not in ctl_rx:
-        n = ctl.readinto(ctl_buf)
-        if n:
-            ctl_rx += bytes(ctl_buf[:n])
-        elif n == 0:
-            raise SystemExit("control connection closed")
-        await asyncio.sleep_ms(5)
-    line, ctl_rx = ctl_rx.split(b"\\n", 1)
-    return line.decode()
-
-async def until(cond, timeout_ms=10_000):
-    t = time.ticks_ms()
-    while not cond():
-        if time.ticks_diff(time.ticks_ms(), t) > timeout_ms:
-            raise SystemExit("timed out")
-        await asyncio.sleep_ms(5)
-
+""" + VM_CONTROL + """
 task = asyncio.create_task(board.run())
 await until(lambda: link.connected)
 print("UP", link.client.connects)

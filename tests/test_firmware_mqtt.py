@@ -30,6 +30,40 @@ import pytest
 from packsentry.hil.mpvm import RUNNER, check_package, find_node
 
 REPO = Path(__file__).resolve().parent.parent
+
+# The VM end of the tests' control channel: the test steps the board's scenario line by line
+# over a TCP connection through the same socket bridge (`step()`), and waits for conditions
+# (`until()`). %(ctl)d is the control port.
+VM_CONTROL = """ctl = socket.socket()
+ctl.setblocking(False)
+try:
+    ctl.connect(("127.0.0.1", %(ctl)d))
+except OSError:
+    pass
+ctl_buf = bytearray(64)
+ctl_rx = b""
+
+async def step():
+    global ctl_rx
+    while b"\\n" not in ctl_rx:
+        n = ctl.readinto(ctl_buf)
+        if n:
+            ctl_rx += bytes(ctl_buf[:n])
+        elif n == 0:
+            raise SystemExit("control connection closed")
+        await asyncio.sleep_ms(5)
+    line, ctl_rx = ctl_rx.split(b"\\n", 1)
+    return line.decode()
+
+async def until(cond, timeout_ms=10_000):
+    t = time.ticks_ms()
+    while not cond():
+        if time.ticks_diff(time.ticks_ms(), t) > timeout_ms:
+            raise SystemExit("timed out")
+        await asyncio.sleep_ms(5)
+"""
+
+
 SITE = "lab"
 BOARD = 0xC0FFEE
 BASE = f"packsentry/{SITE}/{BOARD}"
@@ -224,34 +258,7 @@ def send(i, t=2):
     link.send(buf, make(i, t))
     print("DROP" if link.dropped > before else "SENT", i, ms())
 
-ctl = socket.socket()
-ctl.setblocking(False)
-try:
-    ctl.connect(("127.0.0.1", %(ctl)d))
-except OSError:
-    pass
-ctl_buf = bytearray(64)
-ctl_rx = b""
-
-async def step():
-    global ctl_rx
-    while b"\\n" not in ctl_rx:
-        n = ctl.readinto(ctl_buf)
-        if n:
-            ctl_rx += bytes(ctl_buf[:n])
-        elif n == 0:
-            raise SystemExit("control connection closed")
-        await asyncio.sleep_ms(5)
-    line, ctl_rx = ctl_rx.split(b"\\n", 1)
-    return line.decode()
-
-async def until(cond, timeout_ms=10_000):
-    t = time.ticks_ms()
-    while not cond():
-        if time.ticks_diff(time.ticks_ms(), t) > timeout_ms:
-            raise SystemExit("timed out")
-        await asyncio.sleep_ms(5)
-
+""" + VM_CONTROL + """
 task = asyncio.create_task(link.run())
 """
 
