@@ -11,22 +11,19 @@ from __future__ import annotations
 
 import json
 import signal
-import subprocess
 import time
 
 import pytest
 from test_firmware_app import BQ_REGS, ntc_uv
 from test_firmware_mqtt import (
-    REPO,
+    VM,
     VM_CONTROL,
     Broker,
-    Lines,
     Subscriber,
     publish,
     retained,
 )
 
-from packsentry.hil.mpvm import RUNNER, check_package, find_node
 from packsentry.protocol import codec, golden, layout
 
 SITE = "depot1"
@@ -84,47 +81,14 @@ await link.stop()
 """
 
 
-class BoardVM:
-    """The MicroPython VM running the board with PRELUDE + script + EPILOGUE."""
+class BoardVM(VM):
+    """The MicroPython VM running the whole board: PRELUDE + script + EPILOGUE."""
 
     def __init__(self, broker: Broker, script: str) -> None:
-        self.server = __import__("socket").socket()
-        self.server.bind(("127.0.0.1", 0))
-        self.server.listen(1)
-        self.server.settimeout(0.1)
-        check_package()
         cfg = {**CONFIG, "link": {**CONFIG["link"], "port": broker.port}}
-        code = PRELUDE % {"t25": ntc_uv(25), "t26": ntc_uv(26), "regs": BQ_REGS,
-                          "cfg": json.dumps(cfg), "ctl": self.server.getsockname()[1]}
-        self.proc = subprocess.Popen(
-            [find_node(), str(RUNNER), "--heap", str(HEAP),
-             "--dir", f"{REPO / 'firmware'}=/firmware",
-             "--dir", f"{REPO / 'hil' / 'vboard'}=/vboard", "-"],
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-        assert self.proc.stdin is not None
-        self.proc.stdin.write((code + script + EPILOGUE).encode())
-        self.proc.stdin.close()
-        self.out = Lines(self.proc.stdout)
-        self.err = Lines(self.proc.stderr)
-        deadline = time.monotonic() + 20
-        while True:
-            try:
-                self.ctl, _ = self.server.accept()
-                break
-            except TimeoutError:
-                if self.proc.poll() is not None or time.monotonic() > deadline:
-                    self.err.drain(0.2)
-                    raise AssertionError(f"the VM did not call back: {self.err.seen}") from None
-
-    def tell(self, line: str) -> None:
-        self.ctl.sendall(line.encode() + b"\n")
-
-    def wait(self, prefix: str, timeout: float = 10) -> str:
-        try:
-            return self.out.wait(lambda s: s.startswith(prefix), timeout, repr(prefix))
-        except AssertionError as e:
-            self.err.drain(0.1)
-            raise AssertionError(f"{e}\nVM stderr: {self.err.seen}") from None
+        super().__init__(lambda ctl: PRELUDE % {
+            "t25": ntc_uv(25), "t26": ntc_uv(26), "regs": BQ_REGS, "cfg": json.dumps(cfg),
+            "ctl": ctl} + script + EPILOGUE, heap_bytes=HEAP)
 
     def finish(self, timeout: float = 10) -> list[int]:
         """Stop the board; its STATS: sent, dropped, cmd_dropped, seq, rx_errors, pending,
@@ -136,20 +100,6 @@ class BoardVM:
         assert code == 0, f"VM exited {code}: {self.err.seen}"
         return stats
 
-    def kill(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait()
-        self.ctl.close()
-        self.server.close()
-
-
-@pytest.fixture
-def broker(tmp_path):
-    b = Broker(tmp_path)
-    b.start()
-    yield b
-    b.stop()
 
 
 @pytest.fixture

@@ -264,18 +264,18 @@ task = asyncio.create_task(link.run())
 
 
 class VM:
-    """The MicroPython VM running PRELUDE + script, with a control connection."""
+    """A MicroPython VM running `make_code(control_port)`, with a control connection."""
 
-    def __init__(self, broker: Broker, script: str) -> None:
+    def __init__(self, make_code, heap_bytes: int | None = None) -> None:
         self.server = socket.socket()
         self.server.bind(("127.0.0.1", 0))
         self.server.listen(1)
         self.server.settimeout(0.1)
         check_package()
-        code = PRELUDE % {"board": BOARD, "site": SITE, "port": broker.port,
-                          "ctl": self.server.getsockname()[1]} + script
+        code = make_code(self.server.getsockname()[1])
+        heap = ["--heap", str(heap_bytes)] if heap_bytes else []
         self.proc = subprocess.Popen(
-            [find_node(), str(RUNNER), "--dir", f"{REPO / 'firmware'}=/firmware",
+            [find_node(), str(RUNNER), *heap, "--dir", f"{REPO / 'firmware'}=/firmware",
              "--dir", f"{REPO / 'hil' / 'vboard'}=/vboard", "-"],
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
         assert self.proc.stdin is not None
@@ -318,12 +318,10 @@ class VM:
         self.server.close()
 
 
-@pytest.fixture
-def broker(tmp_path):
-    b = Broker(tmp_path)
-    b.start()
-    yield b
-    b.stop()
+def link_vm(broker: Broker, script: str) -> VM:
+    """The VM running the firmware's MQTT link alone (PRELUDE) and then `script`."""
+    return VM(lambda ctl: PRELUDE % {"board": BOARD, "site": SITE, "port": broker.port,
+                                     "ctl": ctl} + script)
 
 
 @pytest.fixture
@@ -345,7 +343,7 @@ def vms():
 
 
 def test_birth_retained_and_qos1_frames_arrive_byte_identical(broker, sub, vms) -> None:
-    vm = VM(broker, """
+    vm = link_vm(broker, """
 link.on_connect = lambda: (connected(), link.send(buf, make(1000, 1)))  # the birth
 await until(lambda: link.connected)
 for i in range(20):
@@ -376,7 +374,7 @@ await link.stop()
 
 
 def test_command_from_the_host_reaches_poll(broker, sub, vms) -> None:
-    vm = VM(broker, """
+    vm = link_vm(broker, """
 await until(lambda: link.connected)
 got = []
 while len(got) < 2:
@@ -399,7 +397,7 @@ await link.stop()
 
 
 def test_broker_restart_in_flight_resent_offline_dropped(broker, sub, vms) -> None:
-    vm = VM(broker, """
+    vm = link_vm(broker, """
 await until(lambda: link.connected)
 for i in range(5):
     send(i)
@@ -490,7 +488,7 @@ await link.stop()
 
 
 def test_last_will_offline_is_retained_when_the_board_vanishes(broker, vms) -> None:
-    vm = VM(broker, """
+    vm = link_vm(broker, """
 await until(lambda: link.connected)
 print("READY")
 await step()
@@ -506,7 +504,7 @@ await step()
 
 
 def test_keepalive_pings_and_a_silent_broker_is_noticed(broker, vms) -> None:
-    vm = VM(broker, """
+    vm = link_vm(broker, """
 await until(lambda: link.connected)
 await until(lambda: link.client.pings >= 1 and not link.client.ping_out, 4_000)
 print("PONG", ms(), link.client.connects)
