@@ -16,3 +16,17 @@ def broker(tmp_path):
     b.start()
     yield b
     b.stop()
+
+
+@pytest.fixture
+def host(broker):
+    """The host's subscription (packsentry/#, so that sync() probes come back), standing
+    before the board starts."""
+    from test_firmware_mqtt import Subscriber
+
+    s = Subscriber(broker)
+    try:
+        s.sync()
+        yield s
+    finally:
+        s.close()

@@ -103,18 +103,6 @@ class BoardVM(VM):
 
 
 @pytest.fixture
-def host(broker):
-    """The host's subscription (packsentry/#, so that sync() probes come back), standing
-    before the board starts."""
-    s = Subscriber(broker)
-    try:
-        s.sync()
-        yield s
-    finally:
-        s.close()
-
-
-@pytest.fixture
 def board(broker):
     started: list[BoardVM] = []
 

@@ -325,16 +325,6 @@ def link_vm(broker: Broker, script: str) -> VM:
 
 
 @pytest.fixture
-def sub(broker):
-    s = Subscriber(broker)
-    try:
-        s.sync()
-        yield s
-    finally:
-        s.close()
-
-
-@pytest.fixture
 def vms():
     started: list[VM] = []
     yield started
@@ -342,7 +332,7 @@ def vms():
         vm.kill()
 
 
-def test_birth_retained_and_qos1_frames_arrive_byte_identical(broker, sub, vms) -> None:
+def test_birth_retained_and_qos1_frames_arrive_byte_identical(broker, host, vms) -> None:
     vm = link_vm(broker, """
 link.on_connect = lambda: (connected(), link.send(buf, make(1000, 1)))  # the birth
 await until(lambda: link.connected)
@@ -361,19 +351,19 @@ await link.stop()
     want = [(f"{BASE}/birth", frame(1000, 1))] + [
         (f"{BASE}/{'alarm' if i == 7 else 'status' if i == 8 else 'data'}",
          frame(i, 4 if i == 7 else 5 if i == 8 else 2)) for i in range(20)]
-    sub.lines.wait(lambda s: s.startswith(f"{BASE}/data") and s.endswith(frame(19).hex()),
+    host.lines.wait(lambda s: s.startswith(f"{BASE}/data") and s.endswith(frame(19).hex()),
                    5, "frame 19")
-    got = [(t, p) for t, _, p in sub.messages() if not t.endswith("/status") or p]
+    got = [(t, p) for t, _, p in host.messages() if not t.endswith("/status") or p]
     assert got == want
     # the will's "offline" was cleared at connect: an empty retained message on status
-    assert (f"{BASE}/status", 0, b"") in sub.messages()
+    assert (f"{BASE}/status", 0, b"") in host.messages()
     assert retained(broker, f"{BASE}/birth") == (1, frame(1000, 1))
     vm.tell("stop")
     vm.finish()
     print("connect ms", up.split()[2])
 
 
-def test_command_from_the_host_reaches_poll(broker, sub, vms) -> None:
+def test_command_from_the_host_reaches_poll(broker, host, vms) -> None:
     vm = link_vm(broker, """
 await until(lambda: link.connected)
 got = []
@@ -396,7 +386,7 @@ await link.stop()
     vm.finish()
 
 
-def test_broker_restart_in_flight_resent_offline_dropped(broker, sub, vms) -> None:
+def test_broker_restart_in_flight_resent_offline_dropped(broker, host, vms) -> None:
     vm = link_vm(broker, """
 await until(lambda: link.connected)
 for i in range(5):
@@ -453,15 +443,15 @@ await link.stop()
     vm.wait("DOWN")
     broker.stop(signal.SIGKILL)  # the frozen broker never saw frames 5..7
     broker.start()
-    sub.sync()
+    host.sync()
     t_up = time.monotonic()
     vm.tell("wifi on")
     vm.wait("UP 2")
     reconnect_s = time.monotonic() - t_up
     stats = vm.wait("STATS").split()
     assert stats[1:4] == ["11", "1", "3"], stats  # sent, dropped (frame 8), retransmitted
-    sub.lines.wait(lambda s: s.endswith(frame(11).hex()), 5, "frame 11")
-    payloads = [p for t, _, p in sub.messages() if t == f"{BASE}/data"]
+    host.lines.wait(lambda s: s.endswith(frame(11).hex()), 5, "frame 11")
+    payloads = [p for t, _, p in host.messages() if t == f"{BASE}/data"]
     assert payloads == [frame(i) for i in (0, 1, 2, 3, 4, 5, 6, 7, 9, 10, 11)]
 
     # Part 2: SIGTERM under a live connection, 1.5 s down, back on the same port.
@@ -471,15 +461,15 @@ await link.stop()
     vm.wait("LOST")
     time.sleep(1.5)
     broker.start()
-    sub.sync()
+    host.sync()
     vm.wait("UP 3", 10)
     back_s = time.monotonic() - t0
     vm.tell("mark")
     mark_line = vm.wait("MARK", 15).split()
     mark = int(mark_line[1])
     assert int(mark_line[3]) >= 3  # lost, then refused while down: backed off and retried
-    sub.lines.wait(lambda s: s.endswith(frame(mark + 4).hex()), 5, "last frame")
-    payloads = [p for t, _, p in sub.messages() if t == f"{BASE}/data"]
+    host.lines.wait(lambda s: s.endswith(frame(mark + 4).hex()), 5, "last frame")
+    payloads = [p for t, _, p in host.messages() if t == f"{BASE}/data"]
     assert payloads[-5:] == [frame(i) for i in range(mark, mark + 5)]
     dropped = [int(s.split()[1]) for s in vm.out.seen if s.startswith("DROP")]
     assert dropped and not {frame(i) for i in dropped if i >= 12} & set(payloads)
