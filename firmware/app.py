@@ -258,7 +258,10 @@ class Board:
             os.rename(path + ".tmp", path)  # atomic: old or new config, never half
             self.reboot_at = time.ticks_add(time.ticks_ms(), 500)
         elif t == wire.MSG_REBIRTH:
-            self.send_birth()
+            # a host that asks who we are has lost its state (restarted, or saw a seq gap):
+            # say it, then re-send what it has not acknowledged
+            self.birth_due = True
+            self.resend_due = self.store is not None
         elif t == wire.MSG_REBOOT:
             self.reboot_at = time.ticks_add(time.ticks_ms(), cmd.delay_ms)
         return OK

@@ -1,8 +1,7 @@
 """The board's link over MQTT: one frame per message on packsentry/<site>/<board_id>/<leaf>.
 
     birth   births, retained (a subscriber arriving later still learns what the board is)
-    data    samples and batches, QoS 1
-    alarm   alarm frames, QoS 1
+    data    samples, batches and alarm frames, QoS 1 (all stored and acknowledged alike)
     status  status frames and command acks, QoS 1; the last will "offline" (retained) lands
             here when the board vanishes, and is cleared again on every connect
     cmd     host -> board: bare frames, handed to Board.handle_command by poll()
@@ -22,7 +21,7 @@ import wire
 from mqtt import MQTTClient
 
 _LEAF = {wire.MSG_BIRTH: b"birth", wire.MSG_SAMPLE: b"data", wire.MSG_BATCH: b"data",
-         wire.MSG_ALARM: b"alarm", wire.MSG_STATUS: b"status", wire.MSG_CMD_ACK: b"status"}
+         wire.MSG_ALARM: b"data", wire.MSG_STATUS: b"status", wire.MSG_CMD_ACK: b"status"}
 
 
 class MqttLink:
