@@ -86,3 +86,20 @@ class ReplayWindow:
                 del boots[min(boots)]
         seen.add(seq, seq + span)
         seen.forget_below(seen.highest - self.window)
+
+    # -- state, for a host that must remember across restarts what it has stored --------------
+
+    def boots(self, board_id: int) -> list[int]:
+        return sorted(self._boards.get(board_id, {}))
+
+    def board_ids(self) -> list[int]:
+        return sorted(self._boards)
+
+    def intervals(self, board_id: int, boot: int) -> list[tuple[int, int]]:
+        """Seqs seen in one boot as sorted half-open intervals [lo, hi)."""
+        seen = self._boards.get(board_id, {}).get(boot)
+        return list(zip(seen.starts, seen.ends, strict=True)) if seen else []
+
+    def restore(self, board_id: int, boot: int, intervals: list[tuple[int, int]]) -> None:
+        for lo, hi in intervals:
+            self.accept(board_id, boot, lo, hi - lo)

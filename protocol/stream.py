@@ -29,8 +29,9 @@ class Received:
 
 class FrameReader:
     def __init__(self, verifier: Verifier | None = None, *,
-                 max_encoded: int = MAX_ENCODED_FRAME) -> None:
+                 max_encoded: int = MAX_ENCODED_FRAME, verify: bool = True) -> None:
         self.verifier = verifier or Verifier()
+        self.verify = verify  # False: only cut and COBS-decode (the caller verifies later)
         self.max_encoded = max_encoded
         self._buf = bytearray()
         self._start = 0  # stream offset of _buf[0]
@@ -75,6 +76,8 @@ class FrameReader:
             exc.offset = offset
             self.verifier.counters.count(exc)
             return Received(offset, encoded, error=exc)
+        if not self.verify:
+            return Received(offset, raw)
         try:
             return Received(offset, raw, frame=self.verifier.verify(raw))
         except ProtocolError as exc:  # already counted by the verifier

@@ -1,0 +1,152 @@
+"""What each board has delivered: committed seqs, the gaps between them, and the ack point.
+
+A board keeps every sample, batch and alarm frame in flash until the host acknowledges it,
+and the acknowledgement is cumulative: `ack(boot, seq)` releases every stored frame whose key
+(boot, seq) is <= that one, older boots included. So the host may only acknowledge up to a
+key below which it holds every frame the board stored. It cannot see which missing seqs were
+stored (a status frame or command ack also takes a seq and is never re-sent), so a gap is
+handled in time:
+
+- a gap opens when a seq arrives past a hole (or a boot is first seen past seq 0); the
+  daemon then asks the board to re-send (a `rebirth` command: birth, then every unacked frame);
+- a gap that has not shrunk for `settle_ms` is given up: what is still missing was never
+  stored or is lost (counted, and recorded in the `gaps` table);
+- the end of an older boot is treated as a gap opened when the next boot was first seen, so a
+  frame stored just before a reboot is not released before its re-send can arrive.
+
+The ack point is the highest committed key with no unsettled gap at or below it.
+"""
+
+from __future__ import annotations
+
+import itertools
+from dataclasses import dataclass
+
+from packsentry.protocol.errors import DuplicateFrame
+from packsentry.protocol.replay import DEFAULT_WINDOW, ReplayWindow
+
+
+@dataclass
+class Gap:
+    lo: int  # first missing seq
+    hi: int  # one past the last missing seq (None-like 2**32 for an older boot's tail)
+    detected_ms: int
+    progress_ms: int  # last time it opened or shrank
+
+
+TAIL = 1 << 32  # hi of an older boot's open-ended tail
+
+
+@dataclass
+class GapChange:
+    board_id: int
+    boot: int
+    gap: Gap
+    outcome: str  # "opened" | "filled" | "lost"
+
+
+class Delivery:
+    def __init__(self, settle_ms: int, window: int = DEFAULT_WINDOW) -> None:
+        self.settle_ms = settle_ms
+        self.window = ReplayWindow(window)
+        self.gaps: dict[tuple[int, int], list[Gap]] = {}  # (board, boot) -> open gaps
+        self.boot_seen_ms: dict[tuple[int, int], int] = {}
+        self.duplicates = 0
+        self.reordered = 0
+
+    def restore(self, board_id: int, boot: int, intervals: list[tuple[int, int]],
+                now_ms: int) -> None:
+        """Committed intervals from storage, after a restart: every hole counts as new."""
+        self.window.restore(board_id, boot, intervals)
+        self.boot_seen_ms[board_id, boot] = now_ms
+        self._regap(board_id, boot, now_ms)
+
+    def check(self, board_id: int, boot: int, seq: int, span: int) -> bool:
+        """True if [seq, seq+span) holds a seq not committed yet; False for a duplicate (it is
+        stored: acknowledge it again). Raises ReplayedFrame for seqs outside the window."""
+        try:
+            self.window.check(board_id, boot, seq, span)
+        except DuplicateFrame:
+            self.duplicates += 1
+            return False
+        return True
+
+    def commit(self, board_id: int, boot: int, seq: int, span: int,
+               now_ms: int) -> list[GapChange]:
+        """Record committed seqs; return the gaps this opened, shrank to nothing or filled."""
+        key = (board_id, boot)
+        if key not in self.boot_seen_ms:
+            self.boot_seen_ms[key] = now_ms
+        before = self.window.intervals(board_id, boot)
+        if before and seq + span < before[-1][1]:
+            self.reordered += 1
+        self.window.accept(board_id, boot, seq, span)
+        return self._regap(board_id, boot, now_ms)
+
+    def _regap(self, board_id: int, boot: int, now_ms: int) -> list[GapChange]:
+        key = (board_id, boot)
+        ivs = self.window.intervals(board_id, boot)
+        holes = []
+        if ivs and ivs[0][0] > 0:
+            holes.append((0, ivs[0][0]))
+        holes += [(a[1], b[0]) for a, b in itertools.pairwise(ivs)]
+        old = self.gaps.get(key, [])
+        changes: list[GapChange] = []
+        new: list[Gap] = []
+        for lo, hi in holes:
+            prev = next((g for g in old if g.lo < hi and lo < g.hi), None)
+            if prev is None:
+                g = Gap(lo, hi, now_ms, now_ms)
+                changes.append(GapChange(board_id, boot, g, "opened"))
+            else:
+                shrank = (lo, hi) != (prev.lo, prev.hi)
+                g = Gap(lo, hi, prev.detected_ms, now_ms if shrank else prev.progress_ms)
+            new.append(g)
+        for g in old:
+            if not any(n.lo < g.hi and g.lo < n.hi for n in new):
+                changes.append(GapChange(board_id, boot, g, "filled"))
+        if new:
+            self.gaps[key] = new
+        else:
+            self.gaps.pop(key, None)
+        return changes
+
+    def settle(self, now_ms: int) -> list[GapChange]:
+        """Give up gaps that made no progress for settle_ms: the frames are lost."""
+        out: list[GapChange] = []
+        for key, gaps in list(self.gaps.items()):
+            keep = []
+            for g in gaps:
+                if now_ms - g.progress_ms >= self.settle_ms:
+                    out.append(GapChange(key[0], key[1], g, "lost"))
+                else:
+                    keep.append(g)
+            self.gaps[key] = keep
+            if not keep:
+                del self.gaps[key]
+        return out
+
+    def unsettled(self, board_id: int) -> bool:
+        return any(k[0] == board_id and gaps for k, gaps in self.gaps.items())
+
+    def ack_point(self, board_id: int, now_ms: int) -> tuple[int, int] | None:
+        """The highest (boot, seq) the board may release, or None if nothing yet."""
+        boots = self.window.boots(board_id)
+        point = None
+        for i, boot in enumerate(boots):
+            ivs = self.window.intervals(board_id, boot)
+            if not ivs:
+                continue
+            gaps = self.gaps.get((board_id, boot), [])
+            # holes are between intervals, so the first unsettled hole ends the acked run
+            first_gap = min((g.lo for g in gaps), default=None)
+            top = ivs[-1][1] - 1 if first_gap is None else first_gap - 1
+            if top >= 0 and (first_gap is None or first_gap > 0):
+                point = (boot, top)
+            if first_gap is not None:
+                return point
+            if i + 1 < len(boots):  # an older boot's unseen tail: wait for its re-send
+                next_seen = self.boot_seen_ms.get((board_id, boots[i + 1]), now_ms)
+                if now_ms - next_seen < self.settle_ms:
+                    return point
+        return point

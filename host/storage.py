@@ -1,0 +1,419 @@
+"""SQLite storage: every measurement, the boards, estimates, alarms with their audit log, and
+the frames that were rejected.
+
+One writer (the daemon's processor) in WAL mode, so the operator CLI reads while it writes.
+The processor writes a whole micro-batch in one transaction and acknowledges frames only
+after `commit` returns: with `synchronous=FULL` (the default) an acknowledged frame survives a
+crash and a power cut.
+
+The schema is versioned with `PRAGMA user_version`; `MIGRATIONS[i]` takes version i to i + 1
+and runs in one transaction, so an upgrade is all or nothing. Add a migration, never edit one.
+
+Samples keep their arrays as little-endian blobs (int16 probe temperatures in 0.1 degC,
+uint16 cell voltages in mV): a 96-cell sample is about 250 bytes instead of 96 rows.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import time
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+MIGRATIONS: tuple[str, ...] = (
+    # 0 -> 1
+    """
+    CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+    CREATE TABLE boards (
+        board_id INTEGER PRIMARY KEY,
+        site TEXT NOT NULL,
+        chemistry TEXT, cells_series INTEGER, rated_mah INTEGER, max_pack_mv INTEGER,
+        max_temp_dc INTEGER, sample_period_ms INTEGER, riso_period_ms INTEGER,
+        n_probes INTEGER, n_cells INTEGER, probe_cell TEXT, fw_version TEXT,
+        config_error INTEGER, boot INTEGER,
+        link TEXT, source TEXT,
+        first_seen_ms INTEGER NOT NULL, last_seen_ms INTEGER NOT NULL,
+        online INTEGER NOT NULL DEFAULT 1,
+        in_service INTEGER NOT NULL DEFAULT 1,
+        status TEXT
+    );
+    CREATE TABLE samples (
+        board_id INTEGER NOT NULL, boot INTEGER NOT NULL, seq INTEGER NOT NULL,
+        ts_ms INTEGER NOT NULL, rx_ms INTEGER NOT NULL, flags INTEGER NOT NULL,
+        pack_mv INTEGER NOT NULL, current_ma INTEGER NOT NULL,
+        riso_pos_kohm INTEGER NOT NULL, riso_neg_kohm INTEGER NOT NULL,
+        alarm_level INTEGER NOT NULL, alarm_flags INTEGER NOT NULL,
+        temps_dc BLOB NOT NULL, cells_mv BLOB NOT NULL,
+        PRIMARY KEY (board_id, boot, seq)
+    ) WITHOUT ROWID;
+    CREATE INDEX samples_time ON samples (board_id, ts_ms);
+    CREATE TABLE samples_downsampled (
+        board_id INTEGER NOT NULL, bucket_ms INTEGER NOT NULL, span_ms INTEGER NOT NULL,
+        n INTEGER NOT NULL,
+        pack_mv_min INTEGER, pack_mv_avg REAL, pack_mv_max INTEGER,
+        current_ma_min INTEGER, current_ma_avg REAL, current_ma_max INTEGER,
+        riso_min_kohm INTEGER, alarm_level_max INTEGER,
+        PRIMARY KEY (board_id, bucket_ms)
+    ) WITHOUT ROWID;
+    CREATE TABLE board_frames (
+        board_id INTEGER NOT NULL, boot INTEGER NOT NULL, seq INTEGER NOT NULL,
+        ts_ms INTEGER NOT NULL, rx_ms INTEGER NOT NULL, msg_type TEXT NOT NULL,
+        flags INTEGER NOT NULL, payload TEXT NOT NULL,
+        PRIMARY KEY (board_id, boot, seq)
+    ) WITHOUT ROWID;
+    CREATE TABLE seq_ranges (
+        board_id INTEGER NOT NULL, boot INTEGER NOT NULL, lo INTEGER NOT NULL,
+        hi INTEGER NOT NULL,
+        PRIMARY KEY (board_id, boot, lo)
+    ) WITHOUT ROWID;
+    CREATE TABLE gaps (
+        board_id INTEGER NOT NULL, boot INTEGER NOT NULL, lo INTEGER NOT NULL,
+        hi INTEGER NOT NULL, detected_ms INTEGER NOT NULL, closed_ms INTEGER,
+        outcome TEXT,
+        PRIMARY KEY (board_id, boot, lo)
+    ) WITHOUT ROWID;
+    CREATE TABLE estimates (
+        board_id INTEGER NOT NULL, unit INTEGER NOT NULL, ts_ms INTEGER NOT NULL,
+        soc_pct REAL, capacity_ah REAL, capacity_sigma_ah REAL, soh_pct REAL,
+        soh_sigma_pct REAL, r0_mohm REAL, r0_sigma_mohm REAL, r0_growth_pct REAL,
+        rul_days REAL, rul_efc REAL, efc REAL,
+        PRIMARY KEY (board_id, unit, ts_ms)
+    ) WITHOUT ROWID;
+    CREATE TABLE alarms (
+        alarm_id INTEGER PRIMARY KEY, board_id INTEGER NOT NULL, site TEXT NOT NULL,
+        rule TEXT NOT NULL, subject TEXT NOT NULL, subject_index INTEGER NOT NULL,
+        level INTEGER NOT NULL, state TEXT NOT NULL, source TEXT NOT NULL,
+        value REAL, threshold REAL, unit TEXT, message TEXT NOT NULL, action TEXT NOT NULL,
+        raised_ms INTEGER NOT NULL, updated_ms INTEGER NOT NULL
+    );
+    CREATE INDEX alarms_state ON alarms (state, board_id);
+    CREATE TABLE alarm_audit (
+        id INTEGER PRIMARY KEY, alarm_id INTEGER NOT NULL, ts_ms INTEGER NOT NULL,
+        event TEXT NOT NULL, level INTEGER NOT NULL, prev_level INTEGER NOT NULL,
+        state TEXT NOT NULL, value REAL, threshold REAL, actor TEXT, note TEXT,
+        message TEXT NOT NULL, logged_ms INTEGER NOT NULL
+    );
+    CREATE INDEX alarm_audit_alarm ON alarm_audit (alarm_id, id);
+    CREATE TABLE rejected (
+        id INTEGER PRIMARY KEY, rx_ms INTEGER NOT NULL, source TEXT NOT NULL,
+        reason TEXT NOT NULL, message TEXT NOT NULL, board_id INTEGER, raw BLOB NOT NULL
+    );
+    CREATE TABLE engine_state (name TEXT PRIMARY KEY, saved_ms INTEGER NOT NULL,
+                               value BLOB NOT NULL);
+    CREATE TABLE operator_actions (
+        id INTEGER PRIMARY KEY, ts_ms INTEGER NOT NULL, action TEXT NOT NULL,
+        args TEXT NOT NULL, actor TEXT NOT NULL, applied_ms INTEGER, result TEXT
+    );
+    """,
+)
+SCHEMA_VERSION = len(MIGRATIONS)
+
+SAMPLE_COLUMNS = ("board_id", "boot", "seq", "ts_ms", "rx_ms", "flags", "pack_mv", "current_ma",
+                  "riso_pos_kohm", "riso_neg_kohm", "alarm_level", "alarm_flags", "temps_dc",
+                  "cells_mv")
+ESTIMATE_COLUMNS = ("board_id", "unit", "ts_ms", "soc_pct", "capacity_ah", "capacity_sigma_ah",
+                    "soh_pct", "soh_sigma_pct", "r0_mohm", "r0_sigma_mohm", "r0_growth_pct",
+                    "rul_days", "rul_efc", "efc")
+
+
+class StorageError(Exception):
+    pass
+
+
+def now_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+def temps_blob(temps_dc: Sequence[int]) -> bytes:
+    return np.asarray(temps_dc, dtype="<i2").tobytes()
+
+
+def cells_blob(cells_mv: Sequence[int]) -> bytes:
+    return np.asarray(cells_mv, dtype="<u2").tobytes()
+
+
+def blob_temps(blob: bytes) -> list[int]:
+    return np.frombuffer(blob, dtype="<i2").tolist()
+
+
+def blob_cells(blob: bytes) -> list[int]:
+    return np.frombuffer(blob, dtype="<u2").tolist()
+
+
+class Storage:
+    """One SQLite database. `readonly=True` for the operator CLI (never migrates or writes,
+    except `queue_action`, which the daemon applies)."""
+
+    def __init__(self, path: str | Path, *, synchronous: str = "full",
+                 readonly: bool = False) -> None:
+        self.path = str(path)
+        if readonly and not Path(self.path).exists():
+            raise StorageError(f"{self.path}: no database here (has the daemon run yet?)")
+        try:
+            if not readonly:
+                Path(self.path).parent.mkdir(parents=True, exist_ok=True)
+            self.db = sqlite3.connect(self.path, isolation_level=None, timeout=10.0,
+                                      check_same_thread=False)
+            self.db.execute("PRAGMA busy_timeout = 10000")
+            if not readonly:
+                self.db.execute("PRAGMA journal_mode = WAL")
+                self.db.execute(f"PRAGMA synchronous = {synchronous.upper()}")
+                self.migrate()
+            else:
+                self._check_version()
+        except sqlite3.DatabaseError as exc:
+            raise StorageError(f"{self.path}: {exc}") from None
+
+    def close(self) -> None:
+        self.db.close()
+
+    # -- schema ------------------------------------------------------------------------------
+
+    def version(self) -> int:
+        return int(self.db.execute("PRAGMA user_version").fetchone()[0])
+
+    def _check_version(self) -> None:
+        v = self.version()
+        if v != SCHEMA_VERSION:
+            raise StorageError(f"{self.path}: schema version {v}, this packsentry uses "
+                               f"{SCHEMA_VERSION}" + (" (start the daemon once to migrate)"
+                                                      if v < SCHEMA_VERSION else
+                                                      " (a newer packsentry wrote it)"))
+
+    def migrate(self) -> None:
+        v = self.version()
+        if v > SCHEMA_VERSION:
+            raise StorageError(f"{self.path}: schema version {v} is newer than this packsentry "
+                               f"({SCHEMA_VERSION}); upgrade packsentry")
+        for i in range(v, SCHEMA_VERSION):
+            with self.transaction():
+                for stmt in _statements(MIGRATIONS[i]):
+                    self.db.execute(stmt)
+                self.db.execute(f"PRAGMA user_version = {i + 1}")
+
+    @contextmanager
+    def transaction(self) -> Iterator[sqlite3.Connection]:
+        self.db.execute("BEGIN IMMEDIATE")
+        try:
+            yield self.db
+        except BaseException:
+            self.db.execute("ROLLBACK")
+            raise
+        self.db.execute("COMMIT")
+
+    # -- writes (inside a transaction) ---------------------------------------------------------
+
+    def insert_samples(self, rows: Iterable[tuple]) -> None:
+        self.db.executemany(
+            f"INSERT OR IGNORE INTO samples VALUES ({','.join('?' * len(SAMPLE_COLUMNS))})", rows)
+
+    def insert_board_frames(self, rows: Iterable[tuple]) -> None:
+        """Alarm, status and command-ack frames: (board_id, boot, seq, ts_ms, rx_ms,
+        msg_type, flags, payload as JSON)."""
+        self.db.executemany("INSERT OR IGNORE INTO board_frames VALUES (?,?,?,?,?,?,?,?)", rows)
+
+    def insert_rejected(self, rows: Iterable[tuple]) -> None:
+        """(rx_ms, source, reason, message, board_id or None, raw bytes)."""
+        self.db.executemany("INSERT INTO rejected (rx_ms, source, reason, message, board_id, raw)"
+                            " VALUES (?,?,?,?,?,?)", rows)
+
+    def insert_estimates(self, rows: Iterable[tuple]) -> None:
+        self.db.executemany(
+            f"INSERT OR REPLACE INTO estimates VALUES ({','.join('?' * len(ESTIMATE_COLUMNS))})",
+            rows)
+
+    def upsert_board(self, board_id: int, site: str, seen_ms: int, **fields: Any) -> None:
+        self.db.execute("INSERT INTO boards (board_id, site, first_seen_ms, last_seen_ms) "
+                        "VALUES (?,?,?,?) ON CONFLICT (board_id) DO UPDATE SET "
+                        "last_seen_ms = max(last_seen_ms, excluded.last_seen_ms)",
+                        (board_id, site, seen_ms, seen_ms))
+        if fields:
+            cols = ", ".join(f"{k} = ?" for k in fields)
+            self.db.execute(f"UPDATE boards SET {cols} WHERE board_id = ?",
+                            (*fields.values(), board_id))
+
+    def save_seq_ranges(self, board_id: int, boot: int, ranges: Sequence[tuple[int, int]]) -> None:
+        self.db.execute("DELETE FROM seq_ranges WHERE board_id = ? AND boot = ?", (board_id, boot))
+        self.db.executemany("INSERT INTO seq_ranges VALUES (?,?,?,?)",
+                            [(board_id, boot, lo, hi) for lo, hi in ranges])
+
+    def forget_boots_below(self, board_id: int, boot: int) -> None:
+        self.db.execute("DELETE FROM seq_ranges WHERE board_id = ? AND boot < ?", (board_id, boot))
+
+    def open_gap(self, board_id: int, boot: int, lo: int, hi: int, detected_ms: int) -> None:
+        self.db.execute("INSERT OR IGNORE INTO gaps (board_id, boot, lo, hi, detected_ms) "
+                        "VALUES (?,?,?,?,?)", (board_id, boot, lo, hi, detected_ms))
+
+    def close_gap(self, board_id: int, boot: int, lo: int, outcome: str, closed_ms: int) -> None:
+        self.db.execute("UPDATE gaps SET closed_ms = ?, outcome = ? WHERE board_id = ? AND "
+                        "boot = ? AND lo = ? AND closed_ms IS NULL",
+                        (closed_ms, outcome, board_id, boot, lo))
+
+    def write_alarm_events(self, events: Iterable[Any], logged_ms: int) -> None:
+        """Every event goes to the audit log; the alarm's row holds its latest state."""
+        for e in events:
+            self.db.execute(
+                "INSERT INTO alarms VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?) "
+                "ON CONFLICT (alarm_id) DO UPDATE SET level = excluded.level, "
+                "state = excluded.state, value = coalesce(excluded.value, value), "
+                "threshold = coalesce(excluded.threshold, threshold), "
+                "message = excluded.message, action = excluded.action, "
+                "updated_ms = excluded.updated_ms",
+                (e.alarm_id, e.board_id, e.site, e.rule, e.subject, e.subject_index, e.level,
+                 e.state, e.source, e.value, e.threshold, e.unit, e.message, e.action, e.ts_ms,
+                 e.ts_ms))
+            self.db.execute(
+                "INSERT INTO alarm_audit (alarm_id, ts_ms, event, level, prev_level, state, "
+                "value, threshold, actor, note, message, logged_ms) "
+                "VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
+                (e.alarm_id, e.ts_ms, e.event, e.level, e.prev_level, e.state, e.value,
+                 e.threshold, e.actor, e.note, e.message, logged_ms))
+
+    def save_state(self, name: str, value: bytes, saved_ms: int) -> None:
+        self.db.execute("INSERT OR REPLACE INTO engine_state VALUES (?,?,?)",
+                        (name, saved_ms, value))
+
+    def set_meta(self, key: str, value: str) -> None:
+        self.db.execute("INSERT OR REPLACE INTO meta VALUES (?,?)", (key, value))
+
+    # -- reads ---------------------------------------------------------------------------------
+
+    def load_state(self, name: str) -> bytes | None:
+        row = self.db.execute("SELECT value FROM engine_state WHERE name = ?", (name,)).fetchone()
+        return row[0] if row else None
+
+    def meta(self, key: str) -> str | None:
+        row = self.db.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
+        return row[0] if row else None
+
+    def seq_ranges(self) -> dict[tuple[int, int], list[tuple[int, int]]]:
+        out: dict[tuple[int, int], list[tuple[int, int]]] = {}
+        for board, boot, lo, hi in self.db.execute(
+                "SELECT board_id, boot, lo, hi FROM seq_ranges ORDER BY board_id, boot, lo"):
+            out.setdefault((board, boot), []).append((lo, hi))
+        return out
+
+    def open_gaps(self) -> list[tuple[int, int, int, int, int]]:
+        return self.db.execute("SELECT board_id, boot, lo, hi, detected_ms FROM gaps "
+                               "WHERE closed_ms IS NULL").fetchall()
+
+    def boards(self) -> list[dict[str, Any]]:
+        cur = self.db.execute("SELECT * FROM boards ORDER BY board_id")
+        names = [d[0] for d in cur.description]
+        out = []
+        for row in cur.fetchall():
+            b = dict(zip(names, row, strict=True))
+            b["probe_cell"] = json.loads(b["probe_cell"]) if b["probe_cell"] else []
+            b["status"] = json.loads(b["status"]) if b["status"] else None
+            out.append(b)
+        return out
+
+    def alarms(self, *, active_only: bool = True, board_id: int | None = None,
+               limit: int = 200) -> list[dict[str, Any]]:
+        where, args = [], []
+        if active_only:
+            where.append("state != 'cleared'")
+        if board_id is not None:
+            where.append("board_id = ?")
+            args.append(board_id)
+        sql = "SELECT * FROM alarms" + (" WHERE " + " AND ".join(where) if where else "")
+        cur = self.db.execute(sql + " ORDER BY level DESC, raised_ms LIMIT ?", (*args, limit))
+        names = [d[0] for d in cur.description]
+        return [dict(zip(names, r, strict=True)) for r in cur.fetchall()]
+
+    def alarm_audit(self, alarm_id: int) -> list[dict[str, Any]]:
+        cur = self.db.execute("SELECT * FROM alarm_audit WHERE alarm_id = ? ORDER BY id",
+                              (alarm_id,))
+        names = [d[0] for d in cur.description]
+        return [dict(zip(names, r, strict=True)) for r in cur.fetchall()]
+
+    def latest_estimates(self, board_id: int) -> list[dict[str, Any]]:
+        cur = self.db.execute(
+            "SELECT e.* FROM estimates e JOIN (SELECT unit, max(ts_ms) AS t FROM estimates "
+            "WHERE board_id = ? GROUP BY unit) last ON e.unit = last.unit AND e.ts_ms = last.t "
+            "WHERE e.board_id = ? ORDER BY e.unit", (board_id, board_id))
+        names = [d[0] for d in cur.description]
+        return [dict(zip(names, r, strict=True)) for r in cur.fetchall()]
+
+    def samples(self, board_id: int, t0_ms: int, t1_ms: int) -> Iterator[tuple]:
+        return self.db.execute(
+            "SELECT * FROM samples WHERE board_id = ? AND ts_ms >= ? AND ts_ms < ? "
+            "ORDER BY ts_ms, boot, seq", (board_id, t0_ms, t1_ms))
+
+    def estimates(self, board_id: int, t0_ms: int, t1_ms: int) -> Iterator[tuple]:
+        return self.db.execute(
+            "SELECT * FROM estimates WHERE board_id = ? AND ts_ms >= ? AND ts_ms < ? "
+            "ORDER BY ts_ms, unit", (board_id, t0_ms, t1_ms))
+
+    def count(self, table: str) -> int:
+        return int(self.db.execute(f"SELECT count(*) FROM {table}").fetchone()[0])
+
+    def rejected_by_reason(self) -> dict[str, int]:
+        return dict(self.db.execute("SELECT reason, count(*) FROM rejected GROUP BY reason"))
+
+    # -- operator actions: the CLI queues, the daemon applies ----------------------------------
+
+    def queue_action(self, action: str, args: dict[str, Any], actor: str) -> int:
+        with self.transaction():
+            cur = self.db.execute("INSERT INTO operator_actions (ts_ms, action, args, actor) "
+                                  "VALUES (?,?,?,?)", (now_ms(), action, json.dumps(args), actor))
+        return int(cur.lastrowid or 0)
+
+    def pending_actions(self) -> list[tuple[int, str, dict[str, Any], str]]:
+        return [(i, a, json.loads(args), actor) for i, a, args, actor in self.db.execute(
+            "SELECT id, action, args, actor FROM operator_actions WHERE applied_ms IS NULL "
+            "ORDER BY id")]
+
+    def finish_action(self, action_id: int, result: str, applied_ms: int) -> None:
+        self.db.execute("UPDATE operator_actions SET applied_ms = ?, result = ? WHERE id = ?",
+                        (applied_ms, result, action_id))
+
+    def action_result(self, action_id: int) -> str | None:
+        row = self.db.execute("SELECT result FROM operator_actions WHERE id = ? AND applied_ms "
+                              "IS NOT NULL", (action_id,)).fetchone()
+        return row[0] if row else None
+
+    # -- retention -----------------------------------------------------------------------------
+
+    def downsample_before(self, cutoff_ms: int, bucket_ms: int, limit_rows: int = 50_000) -> int:
+        """Fold raw samples older than cutoff_ms into bucket_ms aggregates, then delete them.
+        Works in chunks (limit_rows) so the writer never holds the database for long."""
+        with self.transaction():
+            cur = self.db.execute(
+                "SELECT board_id, min(ts_ms) FROM samples WHERE ts_ms < ? GROUP BY board_id",
+                (cutoff_ms,))
+            done = 0
+            for board_id, first in cur.fetchall():
+                upto = min(cutoff_ms, first + bucket_ms * max(1, limit_rows // 100))
+                upto -= upto % bucket_ms
+                if upto <= first:
+                    upto = first - first % bucket_ms + bucket_ms
+                self.db.execute(
+                    "INSERT INTO samples_downsampled SELECT board_id, ts_ms - ts_ms % ?1, ?1, "
+                    "count(*), min(pack_mv), avg(pack_mv), max(pack_mv), min(current_ma), "
+                    "avg(current_ma), max(current_ma), min(min(riso_pos_kohm, riso_neg_kohm)), "
+                    "max(alarm_level) FROM samples WHERE board_id = ?2 AND ts_ms < ?3 "
+                    "GROUP BY ts_ms - ts_ms % ?1 ON CONFLICT (board_id, bucket_ms) DO UPDATE SET "
+                    "n = n + excluded.n, "
+                    "pack_mv_avg = (pack_mv_avg * n + excluded.pack_mv_avg * excluded.n) "
+                    "/ (n + excluded.n), "
+                    "current_ma_avg = (current_ma_avg * n + excluded.current_ma_avg * excluded.n) "
+                    "/ (n + excluded.n), pack_mv_min = min(pack_mv_min, excluded.pack_mv_min), "
+                    "pack_mv_max = max(pack_mv_max, excluded.pack_mv_max), "
+                    "current_ma_min = min(current_ma_min, excluded.current_ma_min), "
+                    "current_ma_max = max(current_ma_max, excluded.current_ma_max), "
+                    "riso_min_kohm = min(riso_min_kohm, excluded.riso_min_kohm), "
+                    "alarm_level_max = max(alarm_level_max, excluded.alarm_level_max)",
+                    (bucket_ms, board_id, upto))
+                done += self.db.execute("DELETE FROM samples WHERE board_id = ? AND ts_ms < ?",
+                                        (board_id, upto)).rowcount
+        return done
+
+
+def _statements(script: str) -> list[str]:
+    return [s.strip() for s in script.split(";") if s.strip()]
