@@ -66,7 +66,8 @@ CFG_Q_V1_PER_S = 17  # EKF RC-voltage process noise, V^2 per s
 CFG_TREND_EFC = 18  # memory of the capacity trend for remaining life, EFC
 CFG_TREND_DAYS = 19  # ... and days
 CFG_EOL_SOH = 20  # end of life: this fraction of rated capacity
-N_CFG = 21
+CFG_ERR_CORR_S = 21  # correlation time of the EKF's voltage-model error, s
+N_CFG = 22
 
 DEFAULT_CONFIG: dict[str, float] = {
     "max_gap_s": 300.0,
@@ -90,6 +91,7 @@ DEFAULT_CONFIG: dict[str, float] = {
     "trend_efc": 100.0,
     "trend_days": 180.0,
     "eol_soh": 0.8,
+    "err_corr_s": 60.0,
 }
 _CFG_ORDER = tuple(DEFAULT_CONFIG)
 assert len(_CFG_ORDER) == N_CFG
@@ -327,7 +329,8 @@ def _end_discharge(s: np.ndarray, p: np.ndarray, cfg: np.ndarray, u: int, t: flo
     the unit is empty at."""
     s[F_IN_DIS, u] = 0.0
     chem = int(s[F_CHEM, u])
-    if not s[F_DIS_MIN_V, u] <= p[chem, CP_V_EMPTY_V]:
+    # the SOC under load at the end rests on R0: wait until R0 has been learned
+    if not s[F_DIS_MIN_V, u] <= p[chem, CP_V_EMPTY_V] or s[F_R0_N, u] < 3.0:
         return
     gamma = _pair_to(s, cfg, u, t, z_end, var_end)
     if gamma < 0.0:
@@ -382,8 +385,10 @@ def _r0_step(s: np.ndarray, p: np.ndarray, cfg: np.ndarray, u: int, t: float, y:
     denom = 1.0 + phi * phi * pn
     s2 = s[F_R0_S2, u]
     n = s[F_R0_N, u]
-    # a glitch (a sample mid-transient, a contactor bounce) is not a resistance
+    # a glitch (a sample mid-transient, a contactor bounce) is not a resistance; each one
+    # doubles the assumed noise, so that a lasting change is learned after a few steps
     if n >= 3.0 and e * e / denom > 25.0 * s2:
+        s[F_R0_S2, u] = 2.0 * s2
         return
     g = pn * phi / denom
     s[F_R0, u] = max(s[F_R0, u] + g * e, 1e-6)
@@ -477,10 +482,15 @@ def update_kernel(s: np.ndarray, p: np.ndarray, ocv_v: np.ndarray, cfg: np.ndarr
 
             # ---- R0: RLS on an informative current step ----
             d_i = i - i_last
+            # where the curve is steep, the unknown switching instant inside the interval
+            # moves the OCV by more than a tenth of the voltage step: not informative
+            slope_max = max(docv_dsoc(ocv_v, chem, z_prev), docv_dsoc(ocv_v, chem, s[F_Z, u]))
+            ocv_doubt = 0.5 * slope_max * max(abs(i), abs(i_last)) * dt / 3600.0 / q_ah
             if (v_ok and tc_ok and not np.isnan(v_last)
                     and abs(d_i) >= cfg[CFG_STEP_C] * rated
                     and dt <= cfg[CFG_STEP_MAX_DT_S]
-                    and min(z_prev, s[F_Z, u]) >= cfg[CFG_R0_SOC_MIN]):
+                    and min(z_prev, s[F_Z, u]) >= cfg[CFG_R0_SOC_MIN]
+                    and ocv_doubt <= 0.1 * abs(v - v_last)):
                 d_ocv = ocv_at(ocv_v, chem, s[F_Z, u]) - ocv_at(ocv_v, chem, z_prev)
                 # dV = dOCV - R0 dI - dV1, with V1 = R1 (RC) and R1 = ratio * R0
                 y = d_ocv - (v - v_last) + (1.0 - a2) * v1_prev
@@ -509,8 +519,11 @@ def update_kernel(s: np.ndarray, p: np.ndarray, ocv_v: np.ndarray, cfg: np.ndarr
             pzz = s[F_P_ZZ, u]
             pzv = s[F_P_ZV, u]
             pvv = s[F_P_VV, u]
-            sv = p[chem, CP_SIGMA_V_V]
-            s_inn = slope * slope * pzz - 2.0 * slope * pzv + pvv + sv * sv
+            # model and curve errors are correlated over about a minute: fast sampling must
+            # not count as independent information; an uncertain R0 adds its I*dR0
+            r_v = p[chem, CP_SIGMA_V_V] ** 2 * max(1.0, cfg[CFG_ERR_CORR_S] / (1e9 if gap else dt))
+            r_v += i * i * s[F_R0_P, u] * s[F_R0_S2, u] * r0_factor * r0_factor
+            s_inn = slope * slope * pzz - 2.0 * slope * pzv + pvv + r_v
             kz = (slope * pzz - pzv) / s_inn
             kv = (slope * pzv - pvv) / s_inn
             innov = v - v_hat

@@ -139,12 +139,12 @@ def _stream(data: dict[str, CellData]) -> tuple[np.ndarray, ...]:
     return tuple(c[order] for c in cols)
 
 
-def run(data: dict[str, CellData], chunk_rows: int = CHUNK_ROWS) -> tuple[dict[str, CellResult],
-                                                                          float, int]:
-    """Replay both cells through one SohBank. Returns per-cell results, the replay's wall
-    time (s, compile excluded when warm) and the number of rows."""
+def run(data: dict[str, CellData], chunk_rows: int = CHUNK_ROWS,
+        **config: float) -> tuple[dict[str, CellResult], float, int]:
+    """Replay both cells through one SohBank (config: its settings). Returns per-cell results,
+    the replay's wall time (s, compile excluded when warm) and the number of rows."""
     unit, t, v, i, temp, cycle = _stream(data)
-    bank = SohBank()
+    bank = SohBank(**config)
     for _ in CELLS:
         bank.add("nmc", RATED_AH)
     # snapshots: (row count to have fed, cell, kind, index)
