@@ -1,0 +1,1137 @@
+"""The alarm engine: tiered alarms (DESIGN.md §4) from samples, estimates, board alarm frames
+and link events, with an ISA-18.2 / IEC 62682 lifecycle.
+
+Pure logic: time comes in with every call (the frame's `ts_ms`, or the daemon's clock for
+`tick` and operator actions), nothing here reads a clock, starts a thread or does I/O, and the
+whole state is a JSON document (`state()` / `load_state()`), so a restart continues where it
+stopped and a replayed trace gives the same events.
+
+Model (see docs/alarms.md for the full picture):
+
+- One *track* per (board, rule, scope). Sample rules are per board (scope ""; the event names
+  the worst cell or probe), estimates per subject (scope "cell:3"), and two scopes are
+  separate alarms of their own: "forecast" (the predicted L2) and "seq" (lost frames).
+- A track's level is the highest of: the host's own evaluation (thresholds from limits.py plus
+  the settings' overrides, hysteresis, on-delay), the board's local alarm (its alarm frames
+  and the alarm flags of its samples: same instance, highest level wins), and the latch of a
+  thermal event; plus one level per `recurrence_count` raises within the recurrence window,
+  never above L3.
+- A track with a level above 0 has an open alarm *instance* (`alarm_id`), which lives until
+  its condition has cleared and a person has acknowledged it (active_unack → active_ack →
+  cleared; or active_unack → cleared_unack → cleared). Shelving (per track, timed, L1/L2 only)
+  and suppression (per board, out of service, all but L4) hide an alarm from people; it is
+  still evaluated and every transition still is an event.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from packsentry.protocol import layout, schema
+
+from . import alarm_text as text
+from . import limits
+from .alarm_settings import AlarmSettings
+
+STATE_VERSION = 1
+# every `event` value, in lifecycle order
+EVENTS = ("raised", "escalated", "deescalated", "cleared", "acknowledged", "shelved",
+          "unshelved", "suppressed", "returned_to_service")
+STATES = ("active_unack", "active_ack", "cleared_unack", "cleared", "shelved", "suppressed")
+SOURCES = ("host", "board", "predicted")
+
+NOT_ON_CELL = 0xFFFF  # probe_cell value of a probe that is not on a cell (ambient, busbar)
+_RISE_WINDOW_MS = 60_000  # rise rate: over the last minute ...
+_RISE_MIN_MS = 30_000  # ... or at least half of it
+_RISE_MAX_MS = 300_000  # a reference older than this is too coarse for a rate
+_DROP_WINDOW_MS = 60_000  # thermal event: voltage drop against the highest of the last minute
+_TREND_CLEAR_Z = 0.7  # a forecast clears when |z| falls below 70 % of trend_z ...
+_TREND_CLEAR_HORIZON = 1.5  # ... or its crossing moves beyond 1.5 x the horizon
+
+
+def _markers() -> dict[str, tuple[int, int]]:
+    """(abnormal, invalid) per sample field, from the wire schema (not retyped here)."""
+    out = {}
+    for seg in layout.payload_layout("sample").segments:
+        if isinstance(seg, layout.Fixed):
+            out.update({f.name: layout.markers(f.fmt) for f in seg.fields})
+        elif isinstance(seg, layout.IntArray):
+            out[seg.name] = layout.markers(seg.elem_fmt)
+    return out
+
+
+_MARKERS = _markers()
+_FLAGS = {name: int(mask) for name, mask in schema.AlarmFlags.flags.items()}
+
+
+# -- public records -----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class BoardProfile:
+    """What a board's birth frame says about its pack; the engine needs it before samples."""
+
+    board_id: int
+    site: str
+    chemistry: str  # "nmc" | "lfp"
+    cells_series: int
+    rated_mah: int
+    max_pack_mv: int
+    max_temp_dc: int
+    sample_period_ms: int
+    n_probes: int
+    n_cells: int
+    probe_cell: tuple[int, ...]
+    riso_period_ms: int = 0  # insulation measurement period (0: unknown)
+
+    @classmethod
+    def from_birth(cls, board_id: int, site: str, birth: Mapping[str, Any]) -> BoardProfile:
+        """From a decoded birth payload (the codec's dict form)."""
+        return cls(board_id=board_id, site=site, chemistry=str(birth["chemistry"]),
+                   cells_series=birth["cells_series"], rated_mah=birth["rated_mah"],
+                   max_pack_mv=birth["max_pack_mv"], max_temp_dc=birth["max_temp_dc"],
+                   sample_period_ms=birth["sample_period_ms"], n_probes=birth["n_probes"],
+                   n_cells=birth["n_cells"], probe_cell=tuple(birth["probe_cell"]),
+                   riso_period_ms=birth.get("riso_period_ms", 0))
+
+
+@dataclass(frozen=True)
+class AlarmEvent:
+    """One lifecycle transition of one alarm: one row of the audit log."""
+
+    alarm_id: int
+    board_id: int
+    site: str
+    rule: str
+    level: int
+    prev_level: int
+    event: str  # one of EVENTS
+    state: str  # one of STATES, after the transition ("cleared": the alarm is closed)
+    subject: str  # "pack" | "cell" | "probe"
+    subject_index: int  # 0-based, as on the wire
+    value: float | None
+    threshold: float | None
+    unit: str
+    ts_ms: int
+    source: str  # one of SOURCES
+    message: str
+    action: str
+    actor: str | None = None
+    note: str | None = None
+    scope: str = ""  # "" | "forecast" | "seq" | "<subject>:<index>" (estimates)
+    active: bool = False  # the condition holds (whatever shelving or suppression shows)
+    acked: bool = False
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> AlarmEvent:
+        return cls(**d)
+
+
+# -- internal state -----------------------------------------------------------------------------
+
+
+@dataclass
+class _Track:
+    """Evaluation and lifecycle of one (board, rule, scope)."""
+
+    board_id: int
+    rule: str
+    scope: str = ""
+    subject: str = "pack"
+    subject_index: int = 0
+    # the host's evaluation
+    value: float | None = None
+    detail: str = ""
+    host_level: int = 0
+    since_ms: dict[int, int] = field(default_factory=dict)  # level -> condition holding since
+    below_since_ms: dict[int, int] = field(default_factory=dict)  # time-based clears
+    latched: bool = False  # thermal event: only people clear it
+    # the board's own alarm for the same thing
+    board_level: int = 0
+    board_value: float | None = None
+    board_threshold: float | None = None
+    board_subject: str = "pack"
+    board_index: int = 0
+    # lifecycle
+    raises_ms: list[int] = field(default_factory=list)  # recurrence history
+    shelved_until_ms: int | None = None
+    alarm_id: int | None = None
+    level: int = 0  # effective level of the open instance
+    boost: int = 0  # recurrence levels added at its last raise
+    active: bool = False
+    acked: bool = False
+    last: AlarmEvent | None = None
+
+    @property
+    def key(self) -> tuple[int, str, str]:
+        return (self.board_id, self.rule, self.scope)
+
+    def to_dict(self) -> dict[str, Any]:
+        d = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        d["since_ms"] = {str(k): v for k, v in self.since_ms.items()}
+        d["below_since_ms"] = {str(k): v for k, v in self.below_since_ms.items()}
+        d["last"] = self.last.to_dict() if self.last else None
+        return d
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> _Track:
+        d = dict(d)
+        d["since_ms"] = {int(k): v for k, v in d["since_ms"].items()}
+        d["below_since_ms"] = {int(k): v for k, v in d["below_since_ms"].items()}
+        d["last"] = AlarmEvent.from_dict(d["last"]) if d["last"] else None
+        return cls(**d)
+
+
+@dataclass
+class _Trend:
+    """Per-interval worst values of one quantity, and the forecast built on them."""
+
+    bucket: int | None = None  # index of the open interval
+    worst: float | None = None  # its worst value so far
+    points: list[list[float]] = field(default_factory=list)  # [t_h, worst] of closed ones
+    streak: int = 0  # consecutive evaluations pointing the other way (confirmation)
+    on: bool = False
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+@dataclass
+class _Board:
+    profile: BoardProfile | None = None
+    in_service: bool = True
+    last_sample_ms: int | None = None  # newest sample evaluated
+    last_frame_ms: int | None = None  # newest frame of any kind (silence)
+    offline: bool = False  # MQTT last will seen and nothing since
+    first_sample_ms: int | None = None  # since the profile was set
+    riso_seen: bool = False  # a valid insulation reading since the profile was set
+    seq_gap_ms: int | None = None
+    # [ts_ms, pack_mv or None, [temp_dc or None per probe]]
+    hist: list[list[Any]] = field(default_factory=list)
+    rising_since_ms: list[int | None] = field(default_factory=list)  # per probe, dT/dt
+    rising_steps: list[int] = field(default_factory=list)  # per probe, intervals in a row
+    trends: dict[str, _Trend] = field(default_factory=dict)  # "insulation" | "temp_high"
+
+    def to_dict(self) -> dict[str, Any]:
+        d = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        d["profile"] = dataclasses.asdict(self.profile) if self.profile else None
+        d["trends"] = {k: t.to_dict() for k, t in self.trends.items()}
+        return d
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> _Board:
+        d = dict(d)
+        if d["profile"]:
+            p = dict(d["profile"])
+            p["probe_cell"] = tuple(p["probe_cell"])
+            d["profile"] = BoardProfile(**p)
+        d["trends"] = {k: _Trend(**t) for k, t in d["trends"].items()}
+        return cls(**d)
+
+
+# -- the engine ---------------------------------------------------------------------------------
+
+
+class AlarmEngine:
+    def __init__(self, settings: AlarmSettings | None = None) -> None:
+        self.settings = settings or AlarmSettings()
+        self._boards: dict[int, _Board] = {}
+        self._tracks: dict[tuple[int, str, str], _Track] = {}
+        self._by_id: dict[int, _Track] = {}
+        self._next_id = 1
+
+    # -- inputs ---------------------------------------------------------------------------------
+
+    def set_profile(self, profile: BoardProfile) -> None:
+        """From the board's birth frame; alarms and histories of the board carry on."""
+        problems = []
+        if profile.chemistry not in limits.CHEMISTRIES:
+            problems.append(f"chemistry {profile.chemistry!r} (known: "
+                            f"{', '.join(limits.CHEMISTRIES)})")
+        if profile.max_pack_mv <= 0:
+            problems.append("max_pack_mv must be > 0 (insulation limits are per volt of it)")
+        if profile.sample_period_ms <= 0:
+            problems.append("sample_period_ms must be > 0")
+        if problems:
+            raise ValueError(f"board {profile.board_id}: bad profile: {'; '.join(problems)}")
+        b = self._boards.setdefault(profile.board_id, _Board())
+        b.profile = profile
+        b.first_sample_ms = None
+        b.riso_seen = False
+
+    def on_sample(self, board_id: int, ts_ms: int, m: Mapping[str, Any]) -> list[AlarmEvent]:
+        """Evaluate one decoded sample payload. A sample older than the newest one evaluated
+        for this board (a late re-send) is ignored: rates and latches need time to move on."""
+        b, p = self._board(board_id)
+        if b.last_sample_ms is not None and ts_ms < b.last_sample_ms:
+            return []
+        out = self._expire_shelves(ts_ms)
+        b.last_sample_ms = ts_ms
+        out += self._heard(b, board_id, ts_ms)
+        if b.first_sample_ms is None:
+            b.first_sample_ms = ts_ms
+        if b.seq_gap_ms is not None:
+            # frames flow again (whatever the sample's time: the gap is declared on the
+            # host's clock, later than the frames around it)
+            b.seq_gap_ms = None
+            tr = self._track(board_id, "board_silent", "seq")
+            tr.host_level = 0
+            out += self._apply(tr, ts_ms)
+
+        temps = [self._valid("temps_dc", t) for t in m.get("temps_dc", ())]
+        cells = [self._valid("cells_mv", v) for v in m.get("cells_mv", ())]
+        pack_mv = self._valid("pack_mv", m.get("pack_mv"))
+        current_ma = self._valid("current_ma", m.get("current_ma"))
+        riso = [self._valid("riso_pos_kohm", m.get("riso_pos_kohm")),
+                self._valid("riso_neg_kohm", m.get("riso_neg_kohm"))]
+        if any(r is not None for r in riso):
+            b.riso_seen = True
+
+        self._board_flags(board_id, int(m.get("alarm_flags", 0) or 0))
+        out += self._sensor_faults(b, p, ts_ms, m, temps, cells)
+        out += self._insulation(p, ts_ms, riso)
+        out += self._temperatures(p, ts_ms, temps)
+        self._remember(b, ts_ms, pack_mv, temps)
+        out += self._rates(b, p, ts_ms, pack_mv)
+        out += self._cells(p, ts_ms, cells)
+        # flagged rules no sample rule of the host evaluates (pack over/undervoltage, ...)
+        for rule in _FLAG_ONLY_RULES:
+            if (tr := self._tracks.get((board_id, rule, ""))) is not None:
+                out += self._apply(tr, ts_ms)
+        out += self._trends(b, p, ts_ms, riso, temps, current_ma)
+        return out
+
+    def on_estimate(self, board_id: int, ts_ms: int, soh_pct: float, r0_growth_pct: float,
+                    subject: str = "pack", subject_index: int = 0) -> list[AlarmEvent]:
+        """State-of-health estimates; each subject (pack or cell) is its own alarm."""
+        _, p = self._board(board_id)
+        out = self._expire_shelves(ts_ms)
+        for rule, value in (("capacity_soh", soh_pct), ("r0_growth", r0_growth_pct)):
+            if value is None or not math.isfinite(value):
+                continue
+            tr = self._track(board_id, rule, f"{subject}:{subject_index}")
+            tr.subject, tr.subject_index = subject, subject_index
+            out += self._threshold(tr, p, ts_ms, float(value), subject_index)
+        return out
+
+    def on_board_alarm(self, board_id: int, ts_ms: int, a: Mapping[str, Any]) -> list[AlarmEvent]:
+        """A board's local alarm frame: the same alarm instance as the host's own evaluation of
+        that rule (highest level wins). A frame older than the newest sample is ignored: the
+        flags of that newer sample already told the board's state."""
+        b, p = self._board(board_id)
+        if b.last_sample_ms is not None and ts_ms < b.last_sample_ms:
+            return []
+        out = self._expire_shelves(ts_ms)
+        out += self._heard(b, board_id, ts_ms)
+        rule = str(a["rule"])
+        tr = self._track(board_id, rule, "")
+        value, threshold = a.get("value"), a.get("threshold")
+        if rule == "insulation":  # the board sends kOhm; alarms speak Ohm per volt
+            value = None if value is None else round(value * 1e6 / p.max_pack_mv)
+            threshold = None if threshold is None else round(threshold * 1e6 / p.max_pack_mv)
+        tr.board_value, tr.board_threshold = value, threshold
+        tr.board_subject, tr.board_index = str(a.get("subject", "pack")), int(
+            a.get("subject_index", 0))
+        if a["event"] == "raised":
+            tr.board_level = int(a["level"])
+        elif rule != "thermal_event":  # the board's L4 latches until it reboots
+            tr.board_level = 0
+        return out + self._apply(tr, ts_ms)
+
+    def on_link(self, board_id: int, ts_ms: int, online: bool) -> list[AlarmEvent]:
+        """Link news: offline is the MQTT last will (board_silent L1 at once); online means
+        the board is back (it also clears when any frame arrives)."""
+        b, _ = self._board(board_id)
+        out = self._expire_shelves(ts_ms)
+        if online:
+            return out + self._heard(b, board_id, ts_ms)
+        b.offline = True
+        tr = self._track(board_id, "board_silent", "")
+        tr.host_level, tr.value, tr.detail = 1, None, "MQTT last will: the board went offline"
+        return out + self._apply(tr, ts_ms)
+
+    def on_seq_gap(self, board_id: int, ts_ms: int, missing: int) -> list[AlarmEvent]:
+        """Frames lost for good (a sequence gap store-and-forward did not fill): data-quality
+        L1 under rule board_silent, scope "seq"; it clears with the next sample evaluated, so
+        it counts (and escalates) as a recurrence when the link keeps losing frames."""
+        b, _ = self._board(board_id)
+        out = self._expire_shelves(ts_ms)
+        if missing <= 0:
+            return out
+        b.seq_gap_ms = ts_ms
+        tr = self._track(board_id, "board_silent", "seq")
+        tr.host_level, tr.value = 1, float(missing)
+        return out + self._apply(tr, ts_ms)
+
+    def tick(self, now_ms: int) -> list[AlarmEvent]:
+        """Time passing: shelving expiry, silent boards, on-delays that ran out between
+        samples (only while the board's data is fresh)."""
+        out = self._expire_shelves(now_ms)
+        for board_id, b in self._boards.items():
+            p = b.profile
+            if p is None or b.last_frame_ms is None:
+                continue
+            silent_ms = self.settings.silent_periods * p.sample_period_ms
+            age = now_ms - b.last_frame_ms
+            tr = self._track(board_id, "board_silent", "")
+            if age >= silent_ms and not b.offline:
+                tr.host_level, tr.value, tr.detail = 1, float(age // p.sample_period_ms), ""
+                out += self._apply(tr, now_ms)
+            if age >= silent_ms or b.last_sample_ms is None:
+                continue
+            pending = [t for t in self._tracks.values() if t.board_id == board_id
+                       and t.value is not None and t.rule in _THRESHOLD_RULES
+                       and any(lvl > t.host_level for lvl in t.since_ms)]
+            for tr in pending:
+                out += self._threshold(tr, p, now_ms, tr.value, tr.subject_index, tr.detail)
+        return out
+
+    # -- operator actions -----------------------------------------------------------------------
+
+    def acknowledge(self, alarm_id: int, now_ms: int, actor: str,
+                    note: str | None = None) -> list[AlarmEvent]:
+        tr = self._open(alarm_id)
+        if tr.acked:
+            raise ValueError(f"{self._name(tr)} is already acknowledged ({self._state(tr)})")
+        tr.acked = True
+        out = [self._emit(tr, "acknowledged", now_ms, tr.level, actor=actor, note=note)]
+        if tr.latched:  # a thermal event's latch is released by a person
+            tr.latched = False
+            out += self._apply(tr, now_ms)
+        self._close_if_done(tr)
+        return out
+
+    def shelve(self, alarm_id: int, until_ms: int | None, now_ms: int, actor: str,
+               note: str | None = None) -> list[AlarmEvent]:
+        """Hide an L1/L2 alarm from people until `until_ms` (None: the default duration).
+        L3/L4 are safety alarms: ISA-18.2 keeps them off the shelf, and so does this."""
+        tr = self._open(alarm_id)
+        if tr.level >= 3:
+            raise ValueError(f"{self._name(tr)} is L{tr.level}: safety alarms (L3/L4) cannot "
+                             "be shelved")
+        if until_ms is None:
+            until_ms = now_ms + int(self.settings.shelve_default_s * 1000)
+        if until_ms <= now_ms:
+            raise ValueError(f"{self._name(tr)}: shelve until {until_ms} is not in the future")
+        if until_ms - now_ms > self.settings.shelve_max_s * 1000:
+            raise ValueError(f"{self._name(tr)}: shelving is limited to "
+                             f"{self.settings.shelve_max_s / 3600:g} h")
+        tr.shelved_until_ms = until_ms
+        return [self._emit(tr, "shelved", now_ms, tr.level, actor=actor, note=note,
+                           until_ms=until_ms)]
+
+    def unshelve(self, alarm_id: int, now_ms: int, actor: str) -> list[AlarmEvent]:
+        tr = self._open(alarm_id)
+        if tr.shelved_until_ms is None:
+            raise ValueError(f"{self._name(tr)} is not shelved ({self._state(tr)})")
+        return self._unshelve(tr, now_ms, actor, None)
+
+    def set_in_service(self, board_id: int, in_service: bool, now_ms: int,
+                       actor: str) -> list[AlarmEvent]:
+        """Out of service: the board's alarms are still evaluated and logged, but people are
+        not told (state "suppressed"), except a thermal event, which is a fire wherever the
+        pack stands."""
+        b = self._boards.get(board_id)
+        if b is None:
+            raise KeyError(f"unknown board {board_id}")
+        if b.in_service == in_service:
+            return []
+        out: list[AlarmEvent] = []
+        opened = [t for t in self._tracks.values() if t.board_id == board_id and t.alarm_id]
+        if not in_service:
+            b.in_service = False
+            for tr in opened:
+                if tr.level < 4:
+                    out.append(self._emit(tr, "suppressed", now_ms, tr.level, actor=actor))
+            return out
+        hidden = [t for t in opened if t.level < 4]
+        b.in_service = True
+        for tr in hidden:
+            if not tr.active:  # cleared while out of service: nothing left to tell
+                tr.acked = True
+            out.append(self._emit(tr, "returned_to_service", now_ms, tr.level, actor=actor,
+                                  close=not tr.active and tr.shelved_until_ms is None))
+        return out
+
+    # -- views ----------------------------------------------------------------------------------
+
+    def active(self) -> list[AlarmEvent]:
+        """The latest event of every open alarm, highest level first."""
+        events = [t.last for t in self._tracks.values() if t.alarm_id and t.last]
+        return sorted(events, key=lambda e: (-e.level, e.alarm_id))
+
+    def state(self) -> dict[str, Any]:
+        return {
+            "version": STATE_VERSION,
+            "next_id": self._next_id,
+            "boards": {str(k): b.to_dict() for k, b in self._boards.items()},
+            "tracks": [t.to_dict() for t in self._tracks.values()],
+        }
+
+    def load_state(self, d: Mapping[str, Any]) -> None:
+        if d.get("version") != STATE_VERSION:
+            raise ValueError(f"alarm state version {d.get('version')!r}, expected "
+                             f"{STATE_VERSION}")
+        self._next_id = int(d["next_id"])
+        self._boards = {int(k): _Board.from_dict(v) for k, v in d["boards"].items()}
+        self._tracks = {}
+        self._by_id = {}
+        for td in d["tracks"]:
+            tr = _Track.from_dict(td)
+            self._tracks[tr.key] = tr
+            if tr.alarm_id:
+                self._by_id[tr.alarm_id] = tr
+
+    @classmethod
+    def from_state(cls, d: Mapping[str, Any],
+                   settings: AlarmSettings | None = None) -> AlarmEngine:
+        engine = cls(settings)
+        engine.load_state(d)
+        return engine
+
+    # -- rules ----------------------------------------------------------------------------------
+
+    def _valid(self, name: str, value: Any) -> int | None:
+        """The reading, or None for a marker (abnormal/invalid) or a missing field."""
+        if value is None:
+            return None
+        return None if value >= _MARKERS[name][0] else int(value)
+
+    def _board_flags(self, board_id: int, flags: int) -> None:
+        """A sample's alarm_flags are the board's local alarms now (they also stand in for an
+        alarm frame the board had to drop). A thermal event flag that goes away (the board
+        rebooted) ends the board's part only: the host's latch waits for a person."""
+        for rule, mask in _FLAGS.items():
+            if rule == "board_silent":
+                continue  # a board that reports is not silent, whatever it claims
+            if flags & mask:
+                tr = self._track(board_id, rule, "")
+                tr.board_level = tr.board_level or _flag_level(rule)
+            elif (tr := self._tracks.get((board_id, rule, ""))) is not None:
+                tr.board_level = 0
+
+    def _sensor_faults(self, b: _Board, p: BoardProfile, ts_ms: int, m: Mapping[str, Any],
+                       temps: list[int | None], cells: list[int | None]) -> list[AlarmEvent]:
+        faults: list[tuple[str, int, str]] = []  # (subject name, index, marker)
+
+        def check(name: str, value: Any, what: str, index: int = 0) -> None:
+            if value is None:
+                return
+            abnormal, invalid = _MARKERS[name]
+            if value == invalid:
+                faults.append((what, index, "invalid"))
+            elif value >= abnormal:
+                faults.append((what, index, "abnormal"))
+
+        check("pack_mv", m.get("pack_mv"), "pack voltage")
+        check("current_ma", m.get("current_ma"), "current")
+        # before the first insulation measurement of a boot the board sends INVALID: that is
+        # "not measured yet", for up to two measurement periods
+        grace = (not b.riso_seen and b.first_sample_ms is not None
+                 and ts_ms - b.first_sample_ms < 2 * p.riso_period_ms)
+        for i, name in enumerate(("riso_pos_kohm", "riso_neg_kohm")):
+            v = m.get(name)
+            if not (grace and v == _MARKERS[name][1]):
+                check(name, v, f"insulation {text.SIDES[i]}", i)
+        for i, v in enumerate(m.get("temps_dc", ())):
+            check("temps_dc", v, "probe", i)
+        for i, v in enumerate(m.get("cells_mv", ())):
+            check("cells_mv", v, "cell", i)
+        # blind: a whole quantity unreadable limits what the engine can watch -> L2
+        blind = bool((temps and all(t is None for t in temps))
+                     or (cells and all(c is None for c in cells))
+                     or any(f[0] == "pack voltage" for f in faults)
+                     or sum(f[0].startswith("insulation") for f in faults) == 2)
+        level = (2 if blind else 1) if faults else 0
+        tr = self._track(p.board_id, "sensor_fault", "")
+        first = faults[0] if faults else None
+        if first:
+            tr.subject = {"probe": "probe", "cell": "cell"}.get(first[0], "pack")
+            tr.subject_index = first[1]
+            names = [f"{_fault_name(f, p)} {f[2]}" for f in faults[:6]]
+            more = f" and {len(faults) - 6} more" if len(faults) > 6 else ""
+            tr.detail = ", ".join(names) + more + (" (a whole quantity unreadable)"
+                                                   if blind else "")
+        tr.value = float(len(faults))
+        crossed = set(range(1, level + 1))
+        held = {lvl for lvl in crossed if lvl <= tr.host_level}  # no hysteresis: a marker
+        tr.host_level = self._debounce(tr, crossed, held, ts_ms)
+        return self._apply(tr, ts_ms)
+
+    def _insulation(self, p: BoardProfile, ts_ms: int,
+                    riso: list[int | None]) -> list[AlarmEvent]:
+        tr = self._track(p.board_id, "insulation", "")
+        known = [(r, i) for i, r in enumerate(riso) if r is not None]
+        if not known:
+            return self._apply(tr, ts_ms)  # nothing measured: hold, never clear on no data
+        r_kohm, side = min(known)
+        # Ohm per volt of the maximum pack voltage (UN R100 / GB 18384 are per volt)
+        ohm_per_v = r_kohm * 1e6 / p.max_pack_mv
+        tr.detail = "" if len(known) == 2 else "other side unreadable"
+        return self._threshold(tr, p, ts_ms, round(ohm_per_v, 1), side, tr.detail)
+
+    def _temperatures(self, p: BoardProfile, ts_ms: int,
+                      temps: list[int | None]) -> list[AlarmEvent]:
+        out: list[AlarmEvent] = []
+        valid = [(t, i) for i, t in enumerate(temps) if t is not None]
+        tr_hot = self._track(p.board_id, "temp_high", "")
+        tr_spread = self._track(p.board_id, "temp_spread", "")
+        if not valid:
+            return self._apply(tr_hot, ts_ms) + self._apply(tr_spread, ts_ms)
+        t_max, at = max(valid)
+        tr_hot.subject = "probe"
+        out += self._threshold(tr_hot, p, ts_ms, float(t_max), at, "")
+        # spread among the probes on cells (an ambient or busbar probe is not a cell's
+        # temperature), or among all probes when fewer than two sit on cells
+        on_cells = [(t, i) for t, i in valid
+                    if i < len(p.probe_cell) and p.probe_cell[i] != NOT_ON_CELL]
+        group = on_cells if len(on_cells) >= 2 else valid
+        tr_spread.subject = "probe"
+        if len(group) < 2:
+            return out + self._apply(tr_spread, ts_ms)
+        (hi, hi_at), (lo, lo_at) = max(group), min(group)
+        detail = (f"{text.subject_name('probe', hi_at, p.probe_cell)} hottest at "
+                  f"{hi / 10:.1f} °C, {text.subject_name('probe', lo_at, p.probe_cell)} "
+                  f"coolest at {lo / 10:.1f} °C")
+        return out + self._threshold(tr_spread, p, ts_ms, float(hi - lo), hi_at, detail)
+
+    def _remember(self, b: _Board, ts_ms: int, pack_mv: int | None,
+                  temps: list[int | None]) -> None:
+        b.hist.append([ts_ms, pack_mv, temps])
+        # keep one sample at least a minute old (the rise reference), nothing older
+        while len(b.hist) > 2 and b.hist[1][0] <= ts_ms - _RISE_WINDOW_MS:
+            b.hist.pop(0)
+
+    def _rates(self, b: _Board, p: BoardProfile, ts_ms: int,
+               pack_mv: int | None) -> list[AlarmEvent]:
+        # rise per minute, per probe: against the oldest sample kept (a minute old, or at
+        # least half a minute while the history is short; over 5 min old is too coarse)
+        tr = self._track(p.board_id, "temp_rise_rate", "")
+        tr.subject = "probe"
+        ref, now = b.hist[0], b.hist[-1]
+        dt = ts_ms - ref[0]
+        rises = []
+        if _RISE_MIN_MS <= dt <= _RISE_MAX_MS:
+            rises = [((t - r) * 60_000 / dt, i)
+                     for i, (t, r) in enumerate(zip(now[2], ref[2], strict=False))
+                     if t is not None and r is not None]
+        if rises:
+            rise, at = max(rises)
+            out = self._threshold(tr, p, ts_ms, round(rise, 1), at, "")
+        else:
+            out = self._apply(tr, ts_ms)  # no rate this time: hold
+        return out + self._thermal_event(b, p, ts_ms, pack_mv)
+
+    def _thermal_event(self, b: _Board, p: BoardProfile, ts_ms: int,
+                       pack_mv: int | None) -> list[AlarmEvent]:
+        """GB 38031: dT/dt >= 1 K/s held >= 3 s (and over at least two sample intervals, so
+        one glitching reading cannot do it) with T >= the profile's maximum or the pack
+        voltage down > 25 %. Latches: only an acknowledgement releases it."""
+        tr = self._track(p.board_id, "thermal_event", "")
+        tr.subject = "probe"
+        lim = self.settings.limit(p.chemistry, "thermal_event")
+        if lim is None or len(b.hist) < 2:
+            return self._apply(tr, ts_ms)
+        rate_min = lim.levels[4]
+        hold_ms = lim.extra["hold_s"] * 1000
+        (t0, _, prev), (t1, _, temps) = b.hist[-2], b.hist[-1]
+        n = len(temps)
+        b.rising_since_ms = (b.rising_since_ms + [None] * n)[:n]
+        b.rising_steps = (b.rising_steps + [0] * n)[:n]
+        dt = t1 - t0
+        ref_mv = max((h[1] for h in b.hist if h[1] is not None
+                      and h[0] >= ts_ms - _DROP_WINDOW_MS), default=None)
+        drop_pct = ((ref_mv - pack_mv) * 100 / ref_mv
+                    if ref_mv and pack_mv is not None else 0.0)
+        hit: tuple[float, int, str] | None = None
+        for i in range(n):
+            t, r = temps[i], prev[i] if i < len(prev) else None
+            rate = (t - r) * 1000 / dt if t is not None and r is not None and dt > 0 else None
+            if rate is None or rate < rate_min:
+                b.rising_since_ms[i], b.rising_steps[i] = None, 0
+                continue
+            if b.rising_since_ms[i] is None:
+                b.rising_since_ms[i] = t0
+            b.rising_steps[i] += 1
+            since = b.rising_since_ms[i]
+            assert since is not None and t is not None
+            held = ts_ms - since >= hold_ms and b.rising_steps[i] >= 2
+            hot = t >= p.max_temp_dc
+            dropped = drop_pct > lim.extra["voltage_drop_pct"]
+            if held and (hot or dropped) and (hit is None or rate > hit[0]):
+                why = (f"{text.subject_name('probe', i, p.probe_cell)} at {t / 10:.1f} °C "
+                       f"≥ profile max {p.max_temp_dc / 10:.1f} °C") if hot else (
+                       f"pack voltage down {drop_pct:.0f} % (> "
+                       f"{lim.extra['voltage_drop_pct']} %)")
+                hit = (rate, i, why)
+        # latch a new occurrence; once a person has acknowledged it, the alarm clears when the
+        # condition ends instead of latching again
+        if hit is not None and not tr.latched and not (tr.active and tr.acked):
+            tr.latched = True
+            tr.value, tr.subject_index, tr.detail = round(hit[0], 1), hit[1], hit[2]
+        tr.host_level = 4 if hit is not None else 0
+        return self._apply(tr, ts_ms)
+
+    def _cells(self, p: BoardProfile, ts_ms: int, cells: list[int | None]) -> list[AlarmEvent]:
+        out: list[AlarmEvent] = []
+        valid = [(v, i) for i, v in enumerate(cells) if v is not None]
+        trs = [self._track(p.board_id, r, "") for r in
+               ("cell_overvoltage", "cell_undervoltage", "cell_spread")]
+        if not valid:
+            for tr in trs:
+                out += self._apply(tr, ts_ms)
+            return out
+        for tr in trs:
+            tr.subject = "cell"
+        (v_max, max_at), (v_min, min_at) = max(valid), min(valid)
+        out += self._threshold(trs[0], p, ts_ms, float(v_max), max_at, "")
+        out += self._threshold(trs[1], p, ts_ms, float(v_min), min_at, "")
+        if len(valid) < 2:
+            return out + self._apply(trs[2], ts_ms)
+        # name the cell furthest from the median: the one that drifts
+        ordered = sorted(v for v, _ in valid)
+        median = ordered[len(ordered) // 2]
+        _, odd_v, odd_at = max((abs(v - median), v, i) for v, i in valid)
+        detail = (f"cell {odd_at + 1} furthest from the rest at {text.volts(odd_v)} "
+                  f"(median {text.volts(median)})")
+        return out + self._threshold(trs[2], p, ts_ms, float(v_max - v_min), odd_at, detail)
+
+    # -- prediction -----------------------------------------------------------------------------
+
+    def _trends(self, b: _Board, p: BoardProfile, ts_ms: int, riso: list[int | None],
+                temps: list[int | None], current_ma: int | None) -> list[AlarmEvent]:
+        out: list[AlarmEvent] = []
+        known = [r for r in riso if r is not None]
+        if known:
+            out += self._trend_point(b, p, ts_ms, "insulation", min(known) * 1e6 / p.max_pack_mv)
+        valid = [t for t in temps if t is not None]
+        in_use = (current_ma is not None
+                  and abs(current_ma) >= p.rated_mah * self.settings.in_use_c_rate)
+        if valid and in_use:
+            out += self._trend_point(b, p, ts_ms, "temp_high", float(max(valid)))
+        return out
+
+    def _trend_point(self, b: _Board, p: BoardProfile, ts_ms: int, rule: str,
+                     value: float) -> list[AlarmEvent]:
+        """Keep the interval's worst value; when an interval closes, refit and forecast."""
+        lim = self.settings.limit(p.chemistry, rule)
+        if lim is None or 3 not in lim.levels:
+            return []
+        bucket_s, window_s, _, _ = self.settings.trend(rule)
+        bucket_ms = int(bucket_s * 1000)
+        bucket = ts_ms // bucket_ms
+        tn = b.trends.setdefault(rule, _Trend())
+        worse = (lambda a, c: a < c) if not lim.above else (lambda a, c: a > c)
+        if tn.bucket == bucket:
+            if tn.worst is None or worse(value, tn.worst):
+                tn.worst = value
+            return []
+        out: list[AlarmEvent] = []
+        if tn.bucket is not None and tn.worst is not None and bucket > tn.bucket:
+            t_h = (tn.bucket + 0.5) * bucket_ms / 3_600_000
+            tn.points.append([t_h, tn.worst])
+            oldest = ts_ms / 3_600_000 - window_s / 3600
+            tn.points = [pt for pt in tn.points if pt[0] >= oldest]
+            out += self._forecast(tn, p, ts_ms, rule, lim)
+        tn.bucket, tn.worst = bucket, value
+        return out
+
+    def _forecast(self, tn: _Trend, p: BoardProfile, ts_ms: int, rule: str,
+                  lim: limits.Limit) -> list[AlarmEvent]:
+        """Theil-Sen line through the interval extremes. Raise L2 when, with the slowest
+        slope the data allow at `trend_z` confidence, the fitted line still reaches the L3
+        threshold within the horizon (and Mann-Kendall calls it a trend), for `confirm`
+        evaluations in a row; clear when even the central slope puts the crossing beyond
+        1.5 x the horizon, or the trend is gone."""
+        s = self.settings
+        _, _, min_points, confirm = s.trend(rule)
+        tr = self._track(p.board_id, rule, "forecast")
+        now_h = ts_ms / 3_600_000
+        horizon_h = s.forecast_horizon_s / 3600
+        sign = 1 if lim.above else -1  # the direction towards the alarm
+        threshold = lim.levels[3]
+        if len(tn.points) >= min_points:
+            ts = [pt[0] - now_h for pt in tn.points]  # hours before now: the line at t = 0
+            fit = sen_fit(ts, [pt[1] for pt in tn.points], s.trend_z)
+            slowest = fit.slope_lo if sign > 0 else fit.slope_hi
+            hours = _hours_to(threshold, fit.intercept, slowest, sign)
+            central = _hours_to(threshold, fit.intercept, fit.slope, sign)
+            raise_now = fit.z * sign >= s.trend_z and hours <= horizon_h
+            clear_now = (fit.z * sign < s.trend_z * _TREND_CLEAR_Z
+                         or central > horizon_h * _TREND_CLEAR_HORIZON)
+            if rule == "insulation":
+                rate = (f"falling {-fit.slope:.0f} Ω/V per hour (at least "
+                        f"{max(0.0, -slowest):.0f})")
+            else:
+                rate = (f"rising {fit.slope / 10:.2f} K per hour in use (at least "
+                        f"{max(0.0, slowest) / 10:.2f})")
+            tr.detail = (f"{rate}, Theil-Sen over {len(ts)} intervals, Mann-Kendall z "
+                         f"{fit.z:+.1f}; L3 at "
+                         f"{text.quantity(rule, text.unit_of(rule), threshold)}")
+            tr.value = round(hours, 1) if math.isfinite(hours) else None
+        else:  # too few points (a gap emptied the window): no evidence for a forecast
+            raise_now, clear_now = False, True
+        flip = clear_now if tn.on else raise_now
+        tn.streak = tn.streak + 1 if flip else 0
+        if tn.streak >= confirm:
+            tn.on, tn.streak = not tn.on, 0
+        tr.host_level = 2 if tn.on else 0
+        return self._apply(tr, ts_ms)
+
+    # -- levels ---------------------------------------------------------------------------------
+
+    def _threshold(self, tr: _Track, p: BoardProfile, ts_ms: int, value: float, index: int,
+                   detail: str = "") -> list[AlarmEvent]:
+        """A threshold rule: levels crossed, hysteresis, on-delay; then the lifecycle."""
+        lim = self.settings.limit(p.chemistry, tr.rule)
+        if lim is None:
+            return []
+        tr.value, tr.detail = value, detail
+        if tr.host_level == 0 or _beyond(lim, value, lim.levels[min(lim.levels)]):
+            tr.subject_index = index  # keep naming what raised it while it only holds
+        crossed = {lvl for lvl, thr in lim.levels.items() if _beyond(lim, value, thr)}
+        held = {lvl for lvl in lim.levels if lvl <= tr.host_level
+                and self._held(tr, lim, lvl, value, ts_ms, lvl in crossed)}
+        tr.host_level = self._debounce(tr, crossed, held, ts_ms)
+        return self._apply(tr, ts_ms)
+
+    def _held(self, tr: _Track, lim: limits.Limit, level: int, value: float, ts_ms: int,
+              crossed: bool) -> bool:
+        """Still in the alarm at this level, given the table's hysteresis."""
+        if "l2_hold_s" in lim.extra:  # time-based: below the threshold for the hold time
+            if crossed:
+                tr.below_since_ms.pop(level, None)
+                return True
+            since = tr.below_since_ms.setdefault(level, ts_ms)
+            return ts_ms - since < lim.extra["l2_hold_s"] * 1000
+        bound = clear_bound(lim, lim.levels[level])
+        return value >= bound if lim.above else value < bound
+
+    def _debounce(self, tr: _Track, crossed: set[int], held: set[int], ts_ms: int) -> int:
+        """On-delay per level (L3/L4: none): a crossing counts once it has held that long."""
+        for lvl in list(tr.since_ms):
+            if lvl not in crossed:
+                del tr.since_ms[lvl]
+        for lvl in crossed:
+            tr.since_ms.setdefault(lvl, ts_ms)
+        eligible = {lvl for lvl in crossed
+                    if ts_ms - tr.since_ms[lvl] >= self.settings.on_delay_ms(tr.rule, lvl)}
+        level = max(eligible | held, default=0)
+        for lvl in list(tr.below_since_ms):  # clear timers of levels no longer held
+            if lvl > level:
+                del tr.below_since_ms[lvl]
+        return level
+
+    # -- lifecycle ------------------------------------------------------------------------------
+
+    def _apply(self, tr: _Track, ts_ms: int) -> list[AlarmEvent]:
+        """Bring the alarm instance in line with the track's level."""
+        base = max(tr.host_level, tr.board_level, 4 if tr.latched else 0)
+        out: list[AlarmEvent] = []
+        if base == 0:
+            if tr.alarm_id is not None and tr.active:
+                prev = tr.level
+                tr.active = False
+                out.append(self._emit(tr, "cleared", ts_ms, prev,
+                                      close=tr.acked and tr.shelved_until_ms is None))
+            return out
+        if tr.alarm_id is None or not tr.active:
+            if tr.alarm_id is None:
+                tr.alarm_id = self._next_id
+                self._next_id += 1
+                self._by_id[tr.alarm_id] = tr
+            window_ms = self.settings.recurrence_window_s * 1000
+            tr.raises_ms = [t for t in tr.raises_ms if ts_ms - t < window_ms] + [ts_ms]
+            tr.boost = len(tr.raises_ms) // self.settings.recurrence_count
+            tr.active, tr.acked = True, False
+            tr.level = base
+            out += self._safety_unshelve(tr, ts_ms)
+            out.append(self._emit(tr, "raised", ts_ms, 0))
+            eff = _boosted(tr.rule, base, tr.boost)
+            if eff > base:
+                out += self._safety_unshelve(tr, ts_ms, eff)
+                n = len(tr.raises_ms)
+                reason = (f"raised {n} times in {self.settings.recurrence_window_s / 3600:g} h "
+                          f"(now {self._cond(tr)})")
+                prev, tr.level = tr.level, eff
+                out.append(self._emit(tr, "escalated", ts_ms, prev, reason=reason))
+            return out
+        eff = _boosted(tr.rule, base, tr.boost)
+        if eff > tr.level:
+            out += self._safety_unshelve(tr, ts_ms, eff)
+            prev, tr.level, tr.acked = tr.level, eff, False  # a higher level is news again
+            out.append(self._emit(tr, "escalated", ts_ms, prev))
+        elif eff < tr.level:
+            prev, tr.level = tr.level, eff
+            out.append(self._emit(tr, "deescalated", ts_ms, prev))
+        return out
+
+    def _safety_unshelve(self, tr: _Track, ts_ms: int, level: int | None = None) -> list[
+            AlarmEvent]:
+        if tr.shelved_until_ms is None or (level or tr.level) < 3:
+            return []
+        return self._unshelve(tr, ts_ms, None, "L3/L4 safety alarms are never shelved")
+
+    def _unshelve(self, tr: _Track, ts_ms: int, actor: str | None,
+                  note: str | None) -> list[AlarmEvent]:
+        tr.shelved_until_ms = None
+        if not tr.active:
+            tr.acked = True  # cleared while shelved: nothing left for anyone to do
+        return [self._emit(tr, "unshelved", ts_ms, tr.level, actor=actor, note=note,
+                           close=not tr.active)]
+
+    def _expire_shelves(self, now_ms: int) -> list[AlarmEvent]:
+        out: list[AlarmEvent] = []
+        # only open alarms can be shelved: _by_id is short, _tracks is not
+        for tr in [t for t in self._by_id.values() if t.shelved_until_ms is not None
+                   and now_ms >= t.shelved_until_ms]:
+            out += self._unshelve(tr, now_ms, None, "shelving expired")
+        return out
+
+    def _close_if_done(self, tr: _Track) -> None:
+        if tr.alarm_id is not None and not tr.active and tr.acked \
+                and tr.shelved_until_ms is None:
+            self._close(tr)
+
+    def _close(self, tr: _Track) -> None:
+        if tr.alarm_id is not None:
+            self._by_id.pop(tr.alarm_id, None)
+        tr.alarm_id, tr.level, tr.boost = None, 0, 0
+        tr.active = tr.acked = False
+
+    def _state(self, tr: _Track) -> str:
+        if tr.alarm_id is None:
+            return "cleared"
+        b = self._boards.get(tr.board_id)
+        if b is not None and not b.in_service and tr.level < 4:
+            return "suppressed"
+        if tr.shelved_until_ms is not None:
+            return "shelved"
+        if tr.active:
+            return "active_ack" if tr.acked else "active_unack"
+        return "cleared" if tr.acked else "cleared_unack"
+
+    def _emit(self, tr: _Track, event: str, ts_ms: int, prev_level: int, *,
+              actor: str | None = None, note: str | None = None, reason: str | None = None,
+              until_ms: int | None = None, close: bool = False) -> AlarmEvent:
+        """Build the event for a transition (and close the alarm first if it ends here)."""
+        assert tr.alarm_id is not None
+        p = self._boards[tr.board_id].profile
+        assert p is not None
+        alarm_id, level, active, acked = tr.alarm_id, tr.level, tr.active, tr.acked or close
+        if close:
+            self._close(tr)
+        scope = tr.scope if tr.scope in ("forecast", "seq") else ""
+        source, subject, index, value, threshold, mode = self._reading(tr, p, event)
+        if source == "board" and value is None:
+            cond = f"the board's local L{tr.board_level} alarm (from its sample flags)"
+        elif value is None and not tr.detail and not scope and tr.rule != "board_silent":
+            cond = "the board's local alarm ended"
+        else:
+            cond = text.condition(tr.rule, scope, subject, index, value, threshold,
+                                  self._above(tr, p), mode=mode, detail=tr.detail,
+                                  probe_cell=p.probe_cell)
+        recurrence = reason is not None and reason.startswith("raised")
+        ev = AlarmEvent(
+            alarm_id=alarm_id, board_id=tr.board_id, site=p.site, rule=tr.rule, level=level,
+            prev_level=prev_level, event=event, state=self._state(tr), subject=subject,
+            subject_index=index, value=value, threshold=threshold,
+            unit=text.unit_of(tr.rule, scope), ts_ms=ts_ms, source=source,
+            message=text.message(event, board_id=tr.board_id, site=p.site, rule=tr.rule,
+                                 scope=scope, level=level, prev_level=prev_level, cond=cond,
+                                 source=source, actor=actor, note=note, reason=reason,
+                                 until_ms=until_ms),
+            action=text.action(tr.rule, scope, level, event, active=active, acked=acked,
+                               recurrence=recurrence),
+            actor=actor, note=note, scope=tr.scope, active=active, acked=acked)
+        if tr.alarm_id is not None:
+            tr.last = ev
+        return ev
+
+    def _reading(self, tr: _Track, p: BoardProfile, event: str
+                 ) -> tuple[str, str, int, float | None, float | None, str]:
+        """(source, subject, index, value, threshold, mode) an event reports: the threshold
+        crossed (mode "crossed", or "holding" inside the hysteresis band), or for a clear or a
+        level down the bound the value came back over (mode "back")."""
+        back = event in ("cleared", "deescalated")
+        if tr.scope == "forecast":
+            horizon_h = self.settings.forecast_horizon_s / 3600
+            return ("predicted", tr.subject, tr.subject_index, tr.value, horizon_h,
+                    "back" if event == "cleared" else "crossed")
+        host = max(tr.host_level, 4 if tr.latched else 0)
+        if tr.board_level > host and event != "cleared":
+            return ("board", tr.board_subject, tr.board_index, tr.board_value,
+                    tr.board_threshold, "crossed")
+        lim = None if tr.scope == "seq" else self.settings.limit(p.chemistry, tr.rule)
+        reading = ("host", tr.subject, tr.subject_index, tr.value)
+        if lim is None or tr.value is None:
+            return (*reading, None, "back" if event == "cleared" else "crossed")
+        above_host = [x for x in lim.levels if x > tr.host_level]
+        if back and above_host:
+            thr = lim.levels[min(above_host)]
+            bound = thr if "l2_hold_s" in lim.extra else clear_bound(lim, thr)
+            return (*reading, bound, "back")
+        lvl = max((x for x in lim.levels if x <= tr.host_level), default=min(lim.levels))
+        thr = lim.levels[lvl]
+        return (*reading, thr, "crossed" if _beyond(lim, tr.value, thr) else "holding")
+
+    def _above(self, tr: _Track, p: BoardProfile) -> bool:
+        lim = self.settings.limit(p.chemistry, tr.rule)
+        return True if lim is None else lim.above
+
+    def _cond(self, tr: _Track) -> str:
+        p = self._boards[tr.board_id].profile
+        assert p is not None
+        _, subject, index, value, threshold, mode = self._reading(tr, p, "raised")
+        scope = tr.scope if tr.scope in ("forecast", "seq") else ""
+        return text.condition(tr.rule, scope, subject, index, value, threshold,
+                              self._above(tr, p), mode=mode, detail=tr.detail,
+                              probe_cell=p.probe_cell)
+
+    # -- lookups --------------------------------------------------------------------------------
+
+    def _board(self, board_id: int) -> tuple[_Board, BoardProfile]:
+        b = self._boards.get(board_id)
+        if b is None or b.profile is None:
+            raise KeyError(f"board {board_id} has no profile yet: set_profile() from its birth "
+                           "frame first (ask it for a rebirth)")
+        return b, b.profile
+
+    def _heard(self, b: _Board, board_id: int, ts_ms: int) -> list[AlarmEvent]:
+        """A frame (or an online notice) arrived: the board is not silent."""
+        b.last_frame_ms = ts_ms if b.last_frame_ms is None else max(b.last_frame_ms, ts_ms)
+        b.offline = False
+        tr = self._tracks.get((board_id, "board_silent", ""))
+        if tr is None or tr.host_level == 0:
+            return []
+        tr.host_level = 0
+        return self._apply(tr, ts_ms)
+
+    def _track(self, board_id: int, rule: str, scope: str) -> _Track:
+        key = (board_id, rule, scope)
+        tr = self._tracks.get(key)
+        if tr is None:
+            tr = self._tracks[key] = _Track(board_id, rule, scope)
+        return tr
+
+    def _open(self, alarm_id: int) -> _Track:
+        tr = self._by_id.get(alarm_id)
+        if tr is not None:
+            return tr
+        if 0 < alarm_id < self._next_id:
+            raise ValueError(f"alarm {alarm_id} is closed (cleared and acknowledged)")
+        raise KeyError(f"unknown alarm id {alarm_id}")
+
+    def _name(self, tr: _Track) -> str:
+        return (f"alarm {tr.alarm_id} ({text.title(tr.rule, tr.scope)} L{tr.level}, "
+                f"board {tr.board_id})")
+
+
+_SAMPLE_RULES = frozenset(("sensor_fault", "insulation", "temp_high", "temp_spread",
+                           "temp_rise_rate", "thermal_event", "cell_overvoltage",
+                           "cell_undervoltage", "cell_spread"))
+# wire rules whose flag the board may set but no host sample rule evaluates
+_FLAG_ONLY_RULES = tuple(r for r in _FLAGS if r not in _SAMPLE_RULES and r != "board_silent")
+# data quality is never a reason to stop a pack: recurrence takes it to L2 at most
+_RECURRENCE_CAP = {"board_silent": 2, "sensor_fault": 2}
+
+
+def _flag_level(rule: str) -> int:
+    """The level a board's alarm flag stands for: the board checks L3/L4 rows locally."""
+    if rule == "thermal_event":
+        return 4
+    rows = [lim for lim in limits.LIMITS if lim.rule == rule]
+    if rule == "sensor_fault" or (rows and max(rows[0].levels) < 3):
+        return 1
+    return 3
+_THRESHOLD_RULES = frozenset(lim.rule for lim in limits.LIMITS
+                             if lim.rule not in ("thermal_event", "board_silent"))
+
+
+def _boosted(rule: str, base: int, boost: int) -> int:
+    cap = _RECURRENCE_CAP.get(rule, 3)
+    return base if base >= cap else min(cap, base + boost)
+
+
+def _beyond(lim: limits.Limit, value: float, threshold: float) -> bool:
+    return value >= threshold if lim.above else value < threshold
+
+
+def clear_bound(lim: limits.Limit, threshold: int) -> float:
+    """Where an alarm at `threshold` clears (the table's hysteresis): `clear_pct` scales the
+    threshold, any other `clear_*` moves it back by that much in the quantity's unit."""
+    for key, amount in lim.extra.items():
+        if key == "clear_pct":
+            return threshold * amount / 100
+        if key.startswith("clear_"):
+            return threshold - amount if lim.above else threshold + amount
+    return threshold
+
+
+def _hours_to(threshold: float, now_value: float, slope_per_h: float, sign: int) -> float:
+    """Hours until a line at now_value moving slope_per_h reaches threshold (sign: the
+    direction towards the alarm); 0 if it is there already, inf if it is moving away."""
+    if sign * (now_value - threshold) >= 0:
+        return 0.0
+    if slope_per_h * sign <= 0:
+        return math.inf
+    return (threshold - now_value) / slope_per_h
+
+
+def _fault_name(f: tuple[str, int, str], p: BoardProfile) -> str:
+    what, index, _ = f
+    if what in ("probe", "cell"):
+        return text.subject_name(what, index, p.probe_cell)
+    return what
+
+
+# -- robust trend ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class SenFit:
+    slope: float  # Theil-Sen: the median of the pairwise slopes
+    intercept: float  # the median of y - slope * t (the line's value at t = 0)
+    slope_lo: float  # confidence bounds on the slope at the z asked for (Gilbert 1987)
+    slope_hi: float
+    z: float  # Mann-Kendall trend statistic: > 0 rising, < 0 falling
+
+
+def sen_fit(ts: list[float], ys: list[float], z_conf: float) -> SenFit:
+    """Theil-Sen line with its slope's confidence bounds and the Mann-Kendall z. Robust: up
+    to ~29 % of the points can be anything without moving the line far (one dip does nothing),
+    and neither needs the noise to be normal."""
+    n = len(ys)
+    slopes = sorted((ys[j] - ys[i]) / (ts[j] - ts[i])
+                    for i in range(n) for j in range(i + 1, n) if ts[j] != ts[i])
+    if not slopes:
+        return SenFit(0.0, _median(ys), 0.0, 0.0, 0.0)
+    slope = _median(slopes)
+    intercept = _median([y - slope * t for t, y in zip(ts, ys, strict=True)])
+    s = sum((ys[j] > ys[i]) - (ys[j] < ys[i]) for i in range(n) for j in range(i + 1, n))
+    counts: dict[float, int] = {}
+    for y in ys:
+        counts[y] = counts.get(y, 0) + 1
+    var = (n * (n - 1) * (2 * n + 5)
+           - sum(c * (c - 1) * (2 * c + 5) for c in counts.values())) / 18
+    if var <= 0:
+        return SenFit(slope, intercept, slope, slope, 0.0)
+    z = 0.0 if s == 0 else (s - math.copysign(1, s)) / math.sqrt(var)  # continuity-corrected
+    half = z_conf * math.sqrt(var)
+    m = len(slopes)
+    lo = slopes[max(0, min(m - 1, math.floor((m - half) / 2) - 1))]
+    hi = slopes[max(0, min(m - 1, math.ceil((m + half) / 2)))]
+    return SenFit(slope, intercept, lo, hi, z)
+
+
+def _median(xs: list[float]) -> float:
+    xs = sorted(xs)
+    n = len(xs)
+    return xs[n // 2] if n % 2 else (xs[n // 2 - 1] + xs[n // 2]) / 2
