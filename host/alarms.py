@@ -374,23 +374,26 @@ class AlarmEngine:
         """Time passing: shelving expiry, silent boards, on-delays that ran out between
         samples (only while the board's data is fresh)."""
         out = self._expire_shelves(now_ms)
+        fresh: set[int] = set()
         for board_id, b in self._boards.items():
             p = b.profile
             if p is None or b.last_frame_ms is None:
                 continue
-            silent_ms = self.settings.silent_periods * p.sample_period_ms
             age = now_ms - b.last_frame_ms
-            tr = self._track(board_id, "board_silent", "")
-            if age >= silent_ms and not b.offline:
+            if age < self.settings.silent_periods * p.sample_period_ms:
+                if b.last_sample_ms is not None:
+                    fresh.add(board_id)
+            elif not b.offline:
+                tr = self._track(board_id, "board_silent", "")
                 tr.host_level, tr.value, tr.detail = 1, float(age // p.sample_period_ms), ""
                 out += self._apply(tr, now_ms)
-            if age >= silent_ms or b.last_sample_ms is None:
-                continue
-            pending = [t for t in self._tracks.values() if t.board_id == board_id
-                       and t.value is not None and t.rule in _THRESHOLD_RULES
-                       and any(lvl > t.host_level for lvl in t.since_ms)]
-            for tr in pending:
-                out += self._threshold(tr, p, now_ms, tr.value, tr.subject_index, tr.detail)
+        pending = [t for t in self._tracks.values() if t.board_id in fresh
+                   and t.value is not None and t.rule in _THRESHOLD_RULES
+                   and any(lvl > t.host_level for lvl in t.since_ms)]
+        for tr in pending:
+            p = self._boards[tr.board_id].profile
+            assert p is not None and tr.value is not None
+            out += self._threshold(tr, p, now_ms, tr.value, tr.subject_index, tr.detail)
         return out
 
     # -- operator actions -----------------------------------------------------------------------
