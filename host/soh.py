@@ -300,7 +300,7 @@ def _add_pair(s: np.ndarray, cfg: np.ndarray, u: int, t: float, x: float, y: flo
 
 @njit(cache=True, nogil=True)
 def _pair_to(s: np.ndarray, cfg: np.ndarray, u: int, t: float, z_end: float,
-             var_end: float) -> float:
+             var_end: float, cbuf: np.ndarray) -> float:
     """Close the pair from the current pair start to (z_end, now) if it is informative: both
     the charge moved and the SOC moved, the same way. Returns the forgetting factor used, or
     -1 if no pair was added."""
@@ -313,7 +313,6 @@ def _pair_to(s: np.ndarray, cfg: np.ndarray, u: int, t: float, z_end: float,
         return -1.0
     var_x = s[F_PAIR_VAR, u] + var_end + cfg[CFG_SIGMA_X_MIN] ** 2
     gamma = _forgetting(s, cfg, u, t)
-    cbuf = np.empty(6)  # per pair (rare), not per row
     _add_pair(s, cfg, u, t, x, y, var_x, gamma, cbuf)
     if s[F_PAIR_FULL, u] > 0.5:
         s[F_ZF_W, u] = gamma * s[F_ZF_W, u] + 1.0
@@ -323,7 +322,7 @@ def _pair_to(s: np.ndarray, cfg: np.ndarray, u: int, t: float, z_end: float,
 
 @njit(cache=True, nogil=True)
 def _end_discharge(s: np.ndarray, p: np.ndarray, cfg: np.ndarray, u: int, t: float,
-                   z_end: float, var_end: float) -> None:
+                   z_end: float, var_end: float, cbuf: np.ndarray) -> None:
     """A discharge ended (current released, or history broken by a gap). If it went down the
     end-of-discharge knee, its end is the empty anchor: close the pair there and learn the SOC
     the unit is empty at."""
@@ -332,7 +331,7 @@ def _end_discharge(s: np.ndarray, p: np.ndarray, cfg: np.ndarray, u: int, t: flo
     # the SOC under load at the end rests on R0: wait until R0 has been learned
     if not s[F_DIS_MIN_V, u] <= p[chem, CP_V_EMPTY_V] or s[F_R0_N, u] < 3.0:
         return
-    gamma = _pair_to(s, cfg, u, t, z_end, var_end)
+    gamma = _pair_to(s, cfg, u, t, z_end, var_end, cbuf)
     if gamma < 0.0:
         gamma = _forgetting(s, cfg, u, t)
     s[F_ZE_W, u] = gamma * s[F_ZE_W, u] + 1.0
@@ -349,13 +348,13 @@ def _end_discharge(s: np.ndarray, p: np.ndarray, cfg: np.ndarray, u: int, t: flo
 
 @njit(cache=True, nogil=True)
 def _anchor(s: np.ndarray, p: np.ndarray, ocv_v: np.ndarray, cfg: np.ndarray, u: int,
-            t: float, v: float) -> None:
+            t: float, v: float, cbuf: np.ndarray) -> None:
     """A rested voltage is the OCV: reset the SOC from the curve, close a rest-to-rest pair."""
     chem = int(s[F_CHEM, u])
     z = soc_at(ocv_v, chem, v)
     slope = max(docv_dsoc(ocv_v, chem, z), 0.01)
     var_z = min((p[chem, CP_SIGMA_V_ANCHOR_V] / slope) ** 2, 0.25)
-    gamma = _pair_to(s, cfg, u, t, z, var_z)
+    gamma = _pair_to(s, cfg, u, t, z, var_z, cbuf)
     if gamma >= 0.0:
         _capacity_changed(s, cfg, u, t)
     s[F_Z, u] = z
@@ -404,11 +403,12 @@ def _r0_step(s: np.ndarray, p: np.ndarray, cfg: np.ndarray, u: int, t: float, y:
 
 
 @njit(cache=True, nogil=True)
-def _break_history(s: np.ndarray, p: np.ndarray, cfg: np.ndarray, u: int) -> None:
+def _break_history(s: np.ndarray, p: np.ndarray, cfg: np.ndarray, u: int,
+                   cbuf: np.ndarray) -> None:
     """Unknown history from here (gap, missing current): close an open discharge at its last
     seen state, drop the pair start, make the SOC uncertain."""
     if s[F_IN_DIS, u] > 0.5:
-        _end_discharge(s, p, cfg, u, s[F_T_LAST, u], s[F_Z, u], s[F_P_ZZ, u])
+        _end_discharge(s, p, cfg, u, s[F_T_LAST, u], s[F_Z, u], s[F_P_ZZ, u], cbuf)
     s[F_IN_DIS, u] = 0.0
     s[F_PAIR_OK, u] = 0.0
     s[F_P_ZZ, u] = max(s[F_P_ZZ, u], 0.09)
@@ -423,6 +423,7 @@ def update_kernel(s: np.ndarray, p: np.ndarray, ocv_v: np.ndarray, cfg: np.ndarr
                   unit: np.ndarray, t_s: np.ndarray, cell_v: np.ndarray,
                   current_a: np.ndarray, temp_c: np.ndarray) -> None:
     """Feed rows (any units interleaved, each unit's rows in time order) into the state."""
+    cbuf = np.empty(6)  # AWTLS scratch, once per call: no allocation per row or pair
     for r in range(unit.shape[0]):
         u = unit[r]
         t = t_s[r]
@@ -436,7 +437,7 @@ def update_kernel(s: np.ndarray, p: np.ndarray, ocv_v: np.ndarray, cfg: np.ndarr
         if np.isnan(i) or np.isnan(t):
             # without the current nothing can be integrated: the history breaks here
             if not np.isnan(s[F_T_LAST, u]):
-                _break_history(s, p, cfg, u)
+                _break_history(s, p, cfg, u, cbuf)
             s[F_T_LAST, u] = np.nan
             continue
         t_last = s[F_T_LAST, u]
@@ -457,7 +458,7 @@ def update_kernel(s: np.ndarray, p: np.ndarray, ocv_v: np.ndarray, cfg: np.ndarr
         a_h = 1.0
         if gap:
             if not np.isnan(t_last):
-                _break_history(s, p, cfg, u)
+                _break_history(s, p, cfg, u, cbuf)
             # a long enough gap ending at rest may have been a rest: credit it, still
             # requiring a settled voltage before anchoring
             s[F_REST_S, u] = dt if (resting and not np.isnan(t_last)) else 0.0
@@ -506,7 +507,7 @@ def update_kernel(s: np.ndarray, p: np.ndarray, ocv_v: np.ndarray, cfg: np.ndarr
                 if v_ok and v < s[F_DIS_MIN_V, u]:
                     s[F_DIS_MIN_V, u] = v
             else:
-                _end_discharge(s, p, cfg, u, t, s[F_Z, u], s[F_P_ZZ, u])
+                _end_discharge(s, p, cfg, u, t, s[F_Z, u], s[F_P_ZZ, u], cbuf)
         elif discharging:
             s[F_IN_DIS, u] = 1.0
             s[F_DIS_MIN_V, u] = v if v_ok else np.inf
@@ -537,7 +538,7 @@ def update_kernel(s: np.ndarray, p: np.ndarray, ocv_v: np.ndarray, cfg: np.ndarr
         if (resting and v_ok and not gap and not np.isnan(v_last)
                 and s[F_REST_S, u] >= cfg[CFG_REST_S]
                 and abs(v - v_last) <= cfg[CFG_SETTLE_V]):
-            _anchor(s, p, ocv_v, cfg, u, t, v)
+            _anchor(s, p, ocv_v, cfg, u, t, v, cbuf)
 
         s[F_T_LAST, u] = t
         s[F_I_LAST, u] = i
