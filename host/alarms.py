@@ -404,12 +404,13 @@ class AlarmEngine:
         if tr.acked:
             raise ValueError(f"{self._name(tr)} is already acknowledged ({self._state(tr)})")
         tr.acked = True
-        out = [self._emit(tr, "acknowledged", now_ms, tr.level, actor=actor, note=note)]
         if tr.latched:  # a thermal event's latch is released by a person
+            out = [self._emit(tr, "acknowledged", now_ms, tr.level, actor=actor, note=note)]
             tr.latched = False
-            out += self._apply(tr, now_ms)
-        self._close_if_done(tr)
-        return out
+            return out + self._apply(tr, now_ms)
+        done = not tr.active and tr.shelved_until_ms is None  # cleared: this closes it
+        return [self._emit(tr, "acknowledged", now_ms, tr.level, actor=actor, note=note,
+                           close=done)]
 
     def shelve(self, alarm_id: int, until_ms: int | None, now_ms: int, actor: str,
                note: str | None = None) -> list[AlarmEvent]:
@@ -897,11 +898,6 @@ class AlarmEngine:
                    and now_ms >= t.shelved_until_ms]:
             out += self._unshelve(tr, now_ms, None, "shelving expired")
         return out
-
-    def _close_if_done(self, tr: _Track) -> None:
-        if tr.alarm_id is not None and not tr.active and tr.acked \
-                and tr.shelved_until_ms is None:
-            self._close(tr)
 
     def _close(self, tr: _Track) -> None:
         if tr.alarm_id is not None:

@@ -11,10 +11,20 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from packsentry.host import alarm_settings, alarm_text, limits
 from packsentry.host.alarm_settings import AlarmSettings, AlarmSettingsError
-from packsentry.host.alarms import AlarmEngine, AlarmEvent, BoardProfile, clear_bound
+from packsentry.host.alarms import (
+    EVENTS,
+    STATES,
+    AlarmEngine,
+    AlarmEvent,
+    BoardProfile,
+    clear_bound,
+)
+from packsentry.host.notify import Dispatcher, MqttAlarmPublisher
 
 BOARD = 7
 MAX_PACK_MV = 400_000  # 400 V: 1 kOhm of insulation = 2.5 Ohm/V
@@ -730,6 +740,81 @@ def test_state_round_trip_continues_as_if_never_stopped() -> None:
     assert any(e.source == "predicted" for e in plain.events)
     with pytest.raises(ValueError, match="alarm state version"):
         AlarmEngine().load_state({"version": 99})
+
+
+_step = st.one_of(
+    st.tuples(st.just("sample"), st.sampled_from([1, 5, 60, 600]),
+              st.tuples(*[st.sampled_from([3700, 4210, 4260, 4310, 2900, 2400, 0xFFFE])] * 4),
+              st.tuples(*[st.sampled_from([250, 505, 560, 610, 0x7FFE, 0x7FFF])] * 3),
+              st.sampled_from([4000, 180, 90, 30, 0xFFFF]), st.sampled_from([0, 1 << 11, 1 << 2])),
+    st.tuples(st.just("op"), st.sampled_from(["ack", "shelve", "unshelve", "service", "tick",
+                                              "gap", "link", "board", "estimate"]),
+              st.integers(0, 5)),
+)
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(steps=st.lists(_step, min_size=1, max_size=60), cut=st.integers(0, 60))
+def test_any_stream_keeps_the_lifecycle_consistent_and_survives_a_restart(
+        steps: list[tuple[Any, ...]], cut: int) -> None:
+    """Random readings (markers and board flags included) and operator actions: events are
+    well-formed, active() is exactly the open alarms, and a restart anywhere changes nothing."""
+
+    def run(rig: Rig, part: list[tuple[Any, ...]]) -> None:
+        e = rig.engine
+        for step in part:
+            if step[0] == "sample":
+                _, dt, cells, temps, riso, flags = step
+                rig.feed(1, step_s=dt, cells=cells, temps=temps, riso=(riso, 4000), flags=flags)
+                continue
+            _, op, k = step
+            ids = [a.alarm_id for a in e.active()]
+            try:
+                if op == "ack" and ids:
+                    rig.do(e.acknowledge(ids[k % len(ids)], rig.t, "ana"))
+                elif op == "shelve" and ids:
+                    rig.do(e.shelve(ids[k % len(ids)], rig.t + 600_000 * (k + 1), rig.t, "ana"))
+                elif op == "unshelve" and ids:
+                    rig.do(e.unshelve(ids[k % len(ids)], rig.t, "ana"))
+                elif op == "service":
+                    rig.do(e.set_in_service(BOARD, k % 2 == 0, rig.t, "ana"))
+                elif op == "tick":
+                    rig.do(e.tick(rig.t + k * 2000))
+                elif op == "gap":
+                    rig.do(e.on_seq_gap(BOARD, rig.t, k))
+                elif op == "board":
+                    rule = ("thermal_event", "temp_high", "insulation")[k % 3]
+                    rig.do(e.on_board_alarm(BOARD, rig.t, _board_alarm(
+                        rule, 4 if rule == "thermal_event" else 3,
+                        "raised" if k < 3 else "cleared", 600, 600)))
+                elif op == "estimate":
+                    rig.do(e.on_estimate(BOARD, rig.t, 60 + 5 * k, 30 * k, "cell", k % 2))
+                else:
+                    rig.do(e.on_link(BOARD, rig.t, k % 2 == 0))
+            except ValueError:
+                pass  # an invalid transition (ack twice, shelve an L3, ...) changes nothing
+
+    plain, restarted = Rig(), Rig()
+    run(plain, steps)
+    run(restarted, steps[:cut])
+    saved = json.loads(json.dumps(restarted.engine.state()))
+    restarted.engine = AlarmEngine.from_state(saved)
+    run(restarted, steps[cut:])
+    assert [x.to_dict() for x in restarted.events] == [x.to_dict() for x in plain.events]
+    latest: dict[int, AlarmEvent] = {}
+    for ev in plain.events:
+        assert ev.event in EVENTS and ev.state in STATES and 1 <= ev.level <= 4
+        assert ev.message.startswith(f"board {BOARD} (depot): ")
+        latest[ev.alarm_id] = ev
+    still_open = {i for i, ev in latest.items() if ev.state != "cleared"}
+    assert {a.alarm_id for a in plain.engine.active()} == still_open
+    # the MQTT retained set built from the events alone is the engine's open set
+    retained: dict[str, bytes] = {}
+    mqtt = MqttAlarmPublisher(lambda topic, payload, qos, retain: retained.update(
+        {topic: payload}) if retain else None)
+    Dispatcher([mqtt]).dispatch(plain.events)
+    listed = json.loads(retained.get("packsentry/depot/7/alarm/active", b"[]"))
+    assert [a["alarm_id"] for a in listed] == [a.alarm_id for a in plain.engine.active()]
 
 
 # -- settings -----------------------------------------------------------------------------------
