@@ -698,7 +698,12 @@ class SohBank:
         if s.shape[0] != N_F:
             raise ValueError("state has the wrong number of fields")
         bank = cls(capacity=max(s.shape[1], 1))
-        bank._cfg = np.array(state["cfg"], dtype=np.float64)
+        # settings by name: a state saved before a setting existed gets its default
+        names = [str(n) for n in np.asarray(state["cfg_names"])]
+        bank._cfg = _config_array({n: float(x) for n, x in zip(names, state["cfg"], strict=True)
+                                   if n in DEFAULT_CONFIG})
+        if np.shape(state["chem_params"]) != CHEM_PARAMS.shape:
+            raise ValueError("state has chemistry parameters of another layout")
         bank._p = np.array(state["chem_params"], dtype=np.float64)
         bank._ocv = np.ascontiguousarray(state["ocv_v"], dtype=np.float64)
         bank._s[:, : s.shape[1]] = s
