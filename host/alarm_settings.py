@@ -23,11 +23,9 @@ from . import limits
 # Events the human-facing notifiers hear about by default; the rest (acknowledged, shelved,
 # suppressed, deescalated) are audit-log and MQTT only.
 NOTIFY_EVENTS = ("raised", "escalated", "cleared", "unshelved", "returned_to_service")
+# every AlarmEvent.event, in lifecycle order
 EVENTS = ("raised", "escalated", "deescalated", "cleared", "acknowledged", "shelved",
           "unshelved", "suppressed", "returned_to_service")
-
-# Rules the host evaluates (limits.py's rows plus the data-quality rule without thresholds).
-RULES = tuple(dict.fromkeys([lim.rule for lim in limits.LIMITS] + ["sensor_fault"]))
 
 
 def _extra(rule: str, key: str) -> int:

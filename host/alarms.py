@@ -38,9 +38,6 @@ from . import limits
 from .alarm_settings import AlarmSettings
 
 STATE_VERSION = 1
-# every `event` value, in lifecycle order
-EVENTS = ("raised", "escalated", "deescalated", "cleared", "acknowledged", "shelved",
-          "unshelved", "suppressed", "returned_to_service")
 STATES = ("active_unack", "active_ack", "cleared_unack", "cleared", "shelved", "suppressed")
 SOURCES = ("host", "board", "predicted")
 
@@ -109,7 +106,7 @@ class AlarmEvent:
     rule: str
     level: int
     prev_level: int
-    event: str  # one of EVENTS
+    event: str  # one of alarm_settings.EVENTS
     state: str  # one of STATES, after the transition ("cleared": the alarm is closed)
     subject: str  # "pack" | "cell" | "probe"
     subject_index: int  # 0-based, as on the wire

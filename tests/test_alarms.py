@@ -15,9 +15,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from packsentry.host import alarm_settings, alarm_text, limits
-from packsentry.host.alarm_settings import AlarmSettings, AlarmSettingsError
+from packsentry.host.alarm_settings import EVENTS, AlarmSettings, AlarmSettingsError
 from packsentry.host.alarms import (
-    EVENTS,
     STATES,
     AlarmEngine,
     AlarmEvent,
