@@ -7,7 +7,7 @@ import sys
 
 from packsentry.protocol import cli as protocol_cli
 
-from . import board
+from . import board, operator_cli
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -17,6 +17,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     protocol_cli.add_parsers(sub)
     board.add_parsers(sub)
+    operator_cli.add_parsers(sub)
     return parser
 
 

@@ -9,8 +9,8 @@ handled in time:
 
 - a gap opens when a seq arrives past a hole (or a boot is first seen past seq 0); the
   daemon then asks the board to re-send (a `rebirth` command: birth, then every unacked frame);
-- a gap that has not shrunk for `settle_ms` is given up: what is still missing was never
-  stored or is lost (counted, and recorded in the `gaps` table);
+- a gap that has not shrunk for `settle_ms` after that request is given up: what is still
+  missing was never stored or is lost (counted, and recorded in the `gaps` table);
 - the end of an older boot is treated as a gap opened when the next boot was first seen, so a
   frame stored just before a reboot is not released before its re-send can arrive.
 
@@ -51,6 +51,8 @@ class Delivery:
         self.window = ReplayWindow(window)
         self.gaps: dict[tuple[int, int], list[Gap]] = {}  # (board, boot) -> open gaps
         self.boot_seen_ms: dict[tuple[int, int], int] = {}
+        self.lost: dict[tuple[int, int], list[tuple[int, int]]] = {}  # given-up ranges
+        self.requested_ms: dict[int, int] = {}  # board -> last re-send request
         self.duplicates = 0
         self.reordered = 0
 
@@ -90,6 +92,9 @@ class Delivery:
         if ivs and ivs[0][0] > 0:
             holes.append((0, ivs[0][0]))
         holes += [(a[1], b[0]) for a, b in itertools.pairwise(ivs)]
+        lost = self.lost.get(key, ())
+        holes = [(lo, hi) for lo, hi in holes  # a given-up range stays given up
+                 if not any(a <= lo and hi <= b for a, b in lost)]
         old = self.gaps.get(key, [])
         changes: list[GapChange] = []
         new: list[Gap] = []
@@ -111,14 +116,28 @@ class Delivery:
             self.gaps.pop(key, None)
         return changes
 
+    def note_request(self, board_id: int, now_ms: int) -> None:
+        """The board was asked to re-send what it has not had acknowledged."""
+        self.requested_ms[board_id] = now_ms
+
+    def needs_request(self, board_id: int) -> bool:
+        """A gap opened after the last re-send request (or there was none)."""
+        asked = self.requested_ms.get(board_id, -1)
+        return any(g.detected_ms > asked for k, gaps in self.gaps.items() if k[0] == board_id
+                   for g in gaps)
+
     def settle(self, now_ms: int) -> list[GapChange]:
-        """Give up gaps that made no progress for settle_ms: the frames are lost."""
+        """Give up gaps that made no progress for settle_ms after a re-send request: what is
+        missing was never stored by the board (status, command acks) or is lost."""
         out: list[GapChange] = []
         for key, gaps in list(self.gaps.items()):
+            asked = self.requested_ms.get(key[0], -1)
             keep = []
             for g in gaps:
-                if now_ms - g.progress_ms >= self.settle_ms:
+                if asked >= g.detected_ms and \
+                        now_ms - max(g.progress_ms, asked) >= self.settle_ms:
                     out.append(GapChange(key[0], key[1], g, "lost"))
+                    self.lost.setdefault(key, []).append((g.lo, g.hi))
                 else:
                     keep.append(g)
             self.gaps[key] = keep

@@ -227,11 +227,11 @@ class Storage:
             f"INSERT OR REPLACE INTO estimates VALUES ({','.join('?' * len(ESTIMATE_COLUMNS))})",
             rows)
 
-    def upsert_board(self, board_id: int, site: str, seen_ms: int, **fields: Any) -> None:
+    def upsert_board(self, board_id: int, seen_ms: int, **fields: Any) -> None:
         self.db.execute("INSERT INTO boards (board_id, site, first_seen_ms, last_seen_ms) "
                         "VALUES (?,?,?,?) ON CONFLICT (board_id) DO UPDATE SET "
                         "last_seen_ms = max(last_seen_ms, excluded.last_seen_ms)",
-                        (board_id, site, seen_ms, seen_ms))
+                        (board_id, fields.get("site", "local"), seen_ms, seen_ms))
         if fields:
             cols = ", ".join(f"{k} = ?" for k in fields)
             self.db.execute(f"UPDATE boards SET {cols} WHERE board_id = ?",

@@ -36,6 +36,10 @@ def test_a_gap_holds_the_ack_until_filled() -> None:
 def test_a_gap_that_makes_no_progress_is_given_up() -> None:
     d = Delivery(settle_ms=30_000)
     commit(d, 1, [0, 1, 4], now=0)
+    assert d.needs_request(B)
+    assert d.settle(60_000) == []  # never given up before the board was asked to re-send
+    d.note_request(B, 0)
+    assert not d.needs_request(B)
     commit(d, 1, [2], now=20_000)  # progress: the gap shrank, its clock restarts
     assert d.settle(45_000) == []
     lost = d.settle(50_000)
@@ -47,6 +51,7 @@ def test_joining_late_counts_the_missing_start_as_a_gap() -> None:
     d = Delivery(settle_ms=1000)
     assert commit(d, 3, [100, 101]) == ["opened"]
     assert d.ack_point(B, 0) is None
+    d.note_request(B, 0)
     d.settle(1000)
     assert d.ack_point(B, 1000) == (3, 101)
 
@@ -76,3 +81,13 @@ def test_restore_after_a_restart() -> None:
     assert not e.check(B, 1, 1, 1)
     assert e.ack_point(B, 5000) == (1, 2)
     assert e.gaps[(B, 1)][0].lo == 3
+
+
+def test_a_given_up_gap_stays_given_up() -> None:
+    d = Delivery(settle_ms=1000)
+    commit(d, 1, [0, 5], now=0)
+    d.note_request(B, 0)
+    assert [c.outcome for c in d.settle(1000)] == ["lost"]
+    assert commit(d, 1, [6, 7], now=2000) == []  # not re-opened by the next commit
+    assert commit(d, 1, [3], now=2500) == []  # a late frame inside it is just stored
+    assert d.ack_point(B, 2500) == (1, 7)

@@ -1,0 +1,567 @@
+"""The processor: verified frames in, one transaction out, acknowledgements after the commit.
+
+`Processor.process(items)` takes a micro-batch of received frames from any source, and for it:
+
+1. verifies each frame (CRC, the board's tag, version, lengths; `protocol.verify`), and sorts
+   out duplicates (already committed: acknowledged again, not stored twice) and replays;
+2. learns board profiles from births, stores samples (batch frames unrolled), alarm, status
+   and command-ack frames, and the rejected frames with their reason (the quarantine);
+3. feeds the samples to the state-of-health estimator (one batched call) and the alarm engine;
+4. commits all of it in ONE transaction, and only then acknowledges: the MQTT PUBACKs, and
+   the boards' store-and-forward acks (cumulative, up to the point `delivery.py` allows);
+5. hands the alarm events to the notifiers (after the commit, so a crash never announces an
+   alarm the database does not have).
+
+It runs on one thread (the daemon's processor, or the caller's for a replay). Time comes from
+`clock_ms`, so a replay is deterministic.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+from collections import Counter
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from packsentry.protocol import codec
+from packsentry.protocol.errors import BadValue, ProtocolError
+from packsentry.protocol.verify import Verifier
+
+from .alarms import AlarmEngine, AlarmEvent, BoardProfile
+from .commands import BoardLink, CommandError, Commands
+from .delivery import Delivery, GapChange
+from .soh import SohBank
+from .storage import Storage, cells_blob, now_ms, temps_blob
+
+log = logging.getLogger("packsentry.pipeline")
+
+U16_MARK = 0xFFFE  # >= : abnormal / invalid (GB/T 32960 markers)
+I16_MARK = 0x7FFE
+U32_MARK = 0xFFFF_FFFE
+I32_MARK = 0x7FFF_FFFE
+NO_CELL = 0xFFFF  # probe_cell: probe not on a cell
+
+STATE_EVERY_MS = 10_000  # estimator and alarm state saved at least this often
+TIME_SYNC_EVERY_MS = 3_600_000
+REBIRTH_EVERY_MS = 10_000  # at most one re-send request per board this often
+ACK_EVERY_MS = 500
+
+
+@dataclass(slots=True)
+class Inbound:
+    """One received item. `on_stored` runs after the commit that made it durable (or
+    quarantined it): the MQTT PUBACK."""
+
+    raw: bytes
+    rx_ms: int
+    source: str  # "serial:/dev/ttyUSB0", "mqtt", "trace:FILE"
+    site: str
+    link: BoardLink | None = None
+    on_stored: Callable[[], None] | None = None
+    error: ProtocolError | None = None  # the byte stream's own framing error
+    offline_board: int | None = None  # an MQTT last will: board went away (raw is empty)
+
+
+@dataclass
+class BoardState:
+    board_id: int
+    site: str
+    profile: BoardProfile | None = None
+    link: BoardLink | None = None
+    units: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
+    per_cell: bool = False
+    cell_probe: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
+    last_sync_ms: int = -TIME_SYNC_EVERY_MS
+    last_rebirth_ms: int = -REBIRTH_EVERY_MS
+    last_ack: tuple[int, int] | None = None
+    last_ack_ms: int = -ACK_EVERY_MS
+    last_ts_ms: int = -1  # newest sample time fed to the estimator and the alarm engine
+
+
+@dataclass
+class Stats:
+    frames: Counter[str] = field(default_factory=Counter)  # accepted, by message type
+    rejected: Counter[str] = field(default_factory=Counter)  # by reason
+    samples: int = 0
+    duplicates: int = 0
+    gaps_opened: int = 0
+    gaps_lost: int = 0
+    seqs_lost: int = 0
+    commits: int = 0
+    commands_sent: int = 0
+    commands_failed: int = 0
+
+
+class Processor:
+    def __init__(self, storage: Storage, engine: AlarmEngine, *, keys: dict[int, bytes],
+                 gap_settle_s: float = 30.0, estimate_every_s: float = 600.0,
+                 notify: Callable[[list[AlarmEvent]], None] | None = None,
+                 clock_ms: Callable[[], int] = now_ms) -> None:
+        self.storage = storage
+        self.engine = engine
+        self.verifier = Verifier(keys, replay_window=None)  # dedupe is delivery's, on commits
+        self.commands = Commands(keys, clock_ms)
+        self.delivery = Delivery(int(gap_settle_s * 1000))
+        self.rebirth_every_ms = min(REBIRTH_EVERY_MS, int(gap_settle_s * 500))
+        self.estimate_every_ms = int(estimate_every_s * 1000)
+        self.notify = notify
+        self.clock_ms = clock_ms
+        self.stats = Stats()
+        self.boards: dict[int, BoardState] = {}
+        self.soh = SohBank()
+        self.unit_board = np.zeros(0, np.int64)  # per estimator unit: its board, its cell
+        self.unit_cell = np.zeros(0, np.int64)  # -1: the pack
+        self.unit_updates = np.zeros(0, np.int64)  # capacity_updates when last stored
+        self.unit_stored_ms = np.zeros(0, np.int64)
+        self._state_saved_ms = 0
+        self._load()
+
+    # -- start-up --------------------------------------------------------------------------
+
+    def _load(self) -> None:
+        now = self.clock_ms()
+        st = self.storage
+        raw = st.load_state("soh")
+        if raw is not None:
+            with np.load(io.BytesIO(raw)) as z:
+                arrays = {k: z[k] for k in z.files}
+            self.unit_board = arrays.pop("_unit_board")
+            self.unit_cell = arrays.pop("_unit_cell")
+            self.unit_updates = arrays.pop("_unit_updates")
+            self.unit_stored_ms = arrays.pop("_unit_stored_ms")
+            self.soh = SohBank.from_state(arrays)
+        raw = st.load_state("alarms")
+        if raw is not None:
+            self.engine.load_state(json.loads(raw))
+        for b in st.boards():
+            bs = self.boards[b["board_id"]] = BoardState(b["board_id"], b["site"])
+            if b["chemistry"]:
+                bs.profile = _profile(b)
+                self.engine.set_profile(bs.profile)
+                self._bind_units(bs)
+        for (board, boot), ivs in st.seq_ranges().items():
+            self.delivery.restore(board, boot, ivs, now)
+        self._state_saved_ms = now
+
+    def _bind_units(self, bs: BoardState) -> None:
+        """Estimator units for a board: one per cell when cells are measured, else the pack.
+        Reuses the units a saved state has for it (a restart continues the estimates)."""
+        p = bs.profile
+        assert p is not None
+        bs.per_cell = p.n_cells > 0
+        want = p.n_cells if bs.per_cell else 1
+        mine = np.flatnonzero(self.unit_board == bs.board_id)
+        cells = self.unit_cell[mine]
+        expect = np.arange(want) if bs.per_cell else np.array([-1])
+        if len(mine) == want and np.array_equal(np.sort(cells), expect):
+            bs.units = mine[np.argsort(cells)]
+        else:
+            if len(mine):  # the board changed its profile: its old units are retired
+                self.unit_board[mine] = -1
+            new = [self.soh.add(p.chemistry, p.rated_mah / 1000.0,
+                                1 if bs.per_cell else p.cells_series) for _ in range(want)]
+            bs.units = np.array(new, np.int64)
+            grow = len(self.soh) - len(self.unit_board)
+            if grow > 0:
+                self.unit_board = np.concatenate([self.unit_board, np.full(grow, -1)])
+                self.unit_cell = np.concatenate([self.unit_cell, np.full(grow, -1)])
+                self.unit_updates = np.concatenate([self.unit_updates, np.zeros(grow, np.int64)])
+                self.unit_stored_ms = np.concatenate([self.unit_stored_ms,
+                                                      np.zeros(grow, np.int64)])
+            self.unit_board[bs.units] = bs.board_id
+            self.unit_cell[bs.units] = expect
+        # the probe that sits on each cell (else the hottest probe stands in)
+        probe_of = np.full(max(p.n_cells, 1), -1, np.int64)
+        for probe, cell in enumerate(p.probe_cell):
+            if cell != NO_CELL and cell < len(probe_of) and probe_of[cell] < 0:
+                probe_of[cell] = probe
+        bs.cell_probe = probe_of
+
+    # -- the micro-batch ---------------------------------------------------------------------
+
+    def process(self, items: Iterable[Inbound]) -> None:
+        now = self.clock_ms()
+        b = _Batch()
+        for item in items:
+            try:
+                self._one(item, b, now)
+            except ProtocolError as exc:
+                self._reject(item, exc, b)
+        self._feed_estimator(b)
+        self._finish(b, now)
+
+    def _reject(self, item: Inbound, exc: ProtocolError, b: _Batch) -> None:
+        peek = codec.peek_board(item.raw)
+        self.stats.rejected[exc.reason] += 1
+        b.rejected.append((item.rx_ms, item.source, exc.reason, str(exc),
+                           peek[0] if peek else None, item.raw))
+        b.after.append(item.on_stored)
+        log.debug("rejected from %s: %s", item.source, exc)
+
+    def _board(self, board_id: int, item: Inbound) -> BoardState:
+        bs = self.boards.get(board_id)
+        if bs is None:
+            bs = self.boards[board_id] = BoardState(board_id, item.site)
+        if item.link is not None:
+            bs.link = item.link
+        return bs
+
+    def _one(self, item: Inbound, b: _Batch, now: int) -> None:
+        if item.error is not None:
+            raise item.error
+        if item.offline_board is not None:
+            bs = self._board(item.offline_board, item)
+            b.events += self.engine.on_link(bs.board_id, now, False)
+            b.board_fields.setdefault(bs.board_id, {})["online"] = 0
+            b.after.append(item.on_stored)
+            return
+        frame = self.verifier.verify(item.raw)
+        board_id, boot, seq = frame["board_id"], frame["boot"], frame["seq"]
+        msg_type = frame["msg_type"]
+        if msg_type not in ("birth", "sample", "batch", "alarm", "status", "cmd_ack"):
+            raise BadValue(f"a {msg_type} command frame came from the board side "
+                           f"(an echo of a host's command?)")
+        span = codec.seq_span(frame)
+        fresh = self.delivery.check(board_id, boot, seq, span)  # raises for a replay
+        bs = self._board(board_id, item)
+        b.after.append(item.on_stored)
+        b.touched.add(board_id)
+        fields = b.board_fields.setdefault(board_id, {})
+        fields.update(online=1, boot=max(boot, fields.get("boot", 0)),
+                      link=item.source.split(":")[0], source=item.source)
+        b.seen[board_id] = max(b.seen.get(board_id, 0), item.rx_ms)
+        if not fresh or (board_id, boot, seq) in b.keys:
+            self.stats.duplicates += 1
+            return
+        b.keys.add((board_id, boot, seq))
+        b.commits.append((board_id, boot, seq, span))
+        self.stats.frames[msg_type] += 1
+        p = frame["payload"]
+        if msg_type == "birth":
+            self._birth(bs, frame, item, b, now)
+        elif msg_type == "sample":
+            self._sample(bs, frame, item, b, seq, frame["ts_ms"], p)
+        elif msg_type == "batch":
+            for i, rec in enumerate(p["samples"]):
+                self._sample(bs, frame, item, b, seq + i, frame["ts_ms"] + rec["dt_ms"], rec)
+        else:
+            payload = {k: (v.hex() if isinstance(v, bytes) else v) for k, v in p.items()}
+            b.board_frames.append((board_id, boot, seq, frame["ts_ms"], item.rx_ms, msg_type,
+                                   frame["flags"], json.dumps(payload)))
+            if msg_type == "alarm":
+                b.events += self.engine.on_board_alarm(board_id, frame["ts_ms"], p)
+            elif msg_type == "status":
+                fields["status"] = json.dumps(payload)
+                fields["config_error"] = p["config_error"]
+            elif msg_type == "cmd_ack" and p["result"] != "ok":
+                log.warning("board %d refused a %s command: %s", board_id, p["cmd_type"],
+                            p["result"])
+        if bs.profile is None and now - bs.last_rebirth_ms >= self.rebirth_every_ms:
+            bs.last_rebirth_ms = now  # we do not know this board yet: ask who it is
+            self.delivery.note_request(board_id, now)
+            b.commands.append((bs, "rebirth"))
+        if not frame["flags"] & codec.FLAGS["time_synced"] and \
+                now - bs.last_sync_ms >= REBIRTH_EVERY_MS:
+            bs.last_sync_ms = now
+            b.commands.append((bs, "time_sync"))
+
+    def _birth(self, bs: BoardState, frame: dict, item: Inbound, b: _Batch, now: int) -> None:
+        p = frame["payload"]
+        row = {"chemistry": p["chemistry"],
+               "cells_series": p["cells_series"], "rated_mah": p["rated_mah"],
+               "max_pack_mv": p["max_pack_mv"], "max_temp_dc": p["max_temp_dc"],
+               "sample_period_ms": p["sample_period_ms"], "riso_period_ms": p["riso_period_ms"],
+               "n_probes": p["n_probes"], "n_cells": p["n_cells"],
+               "probe_cell": json.dumps(list(p["probe_cell"])),
+               "fw_version": f"{p['fw_major']}.{p['fw_minor']}.{p['fw_patch']}",
+               "config_error": p["config_error"]}
+        row["site"] = item.site  # a board moved to another site takes the new name
+        profile = _profile({"board_id": bs.board_id, **row, "probe_cell": p["probe_cell"]})
+        bs.site = item.site
+        b.board_fields.setdefault(bs.board_id, {}).update(row)
+        if profile != bs.profile:
+            bs.profile = profile
+            self.engine.set_profile(profile)
+            self._bind_units(bs)
+            log.info("board %d: %s, %d cells in series, %.1f Ah, %d probes, %d cell voltages "
+                     "(fw %s) via %s", bs.board_id, p["chemistry"], p["cells_series"],
+                     p["rated_mah"] / 1000, p["n_probes"], p["n_cells"], row["fw_version"],
+                     item.source)
+        if p["config_error"]:
+            log.warning("board %d reports config error code %d", bs.board_id, p["config_error"])
+        if now - bs.last_sync_ms >= 1000:  # a (re)born board gets our clock
+            bs.last_sync_ms = now
+            b.commands.append((bs, "time_sync"))
+
+    def _sample(self, bs: BoardState, frame: dict, item: Inbound, b: _Batch, seq: int,
+                ts_ms: int, m: dict[str, Any]) -> None:
+        b.samples.append((bs.board_id, frame["boot"], seq, ts_ms, item.rx_ms, frame["flags"],
+                          m["pack_mv"], m["current_ma"], m["riso_pos_kohm"], m["riso_neg_kohm"],
+                          m["alarm_level"], m["alarm_flags"], temps_blob(m["temps_dc"]),
+                          cells_blob(m["cells_mv"])))
+        self.stats.samples += 1
+        if bs.profile is None or ts_ms <= bs.last_ts_ms:
+            return  # unknown board, or older than what was evaluated (a late re-send): stored
+        bs.last_ts_ms = ts_ms
+        b.events += self.engine.on_sample(bs.board_id, ts_ms, m)
+        b.soh.append((bs, ts_ms, m))
+
+    # -- state of health -----------------------------------------------------------------------
+
+    def _feed_estimator(self, b: _Batch) -> None:
+        if not b.soh:
+            return
+        unit, t_s, cell_v, current_a, temp_c = [], [], [], [], []
+        for bs, ts_ms, m in b.soh:
+            p = bs.profile
+            assert p is not None
+            cur = m["current_ma"]
+            if cur >= I32_MARK:
+                continue  # no current, no coulomb count: nothing to learn from this sample
+            temps = np.asarray(m["temps_dc"], np.float64)
+            temps[temps >= I16_MARK] = np.nan
+            t_hot = np.nanmax(temps) / 10 if len(temps) and not np.isnan(temps).all() else np.nan
+            n = len(bs.units)
+            if bs.per_cell:
+                cells = np.asarray(m["cells_mv"], np.float64)
+                if len(cells) != n:
+                    continue
+                v = np.where(cells >= U16_MARK, np.nan, cells / 1000.0)
+                probe = bs.cell_probe[:n]
+                tc = np.where(probe >= 0, temps[np.clip(probe, 0, None)] / 10
+                              if len(temps) else np.nan, t_hot)
+            else:
+                pack = m["pack_mv"]
+                v = np.array([np.nan if pack >= U32_MARK else pack / 1000.0 / p.cells_series])
+                tc = np.array([t_hot])
+            unit.append(bs.units)
+            t_s.append(np.full(n, ts_ms / 1000.0))
+            cell_v.append(v)
+            current_a.append(np.full(n, cur / 1000.0))
+            temp_c.append(np.asarray(tc, np.float64))
+        if not unit:
+            return
+        self.soh.update(np.concatenate(unit), np.concatenate(t_s), np.concatenate(cell_v),
+                        np.concatenate(current_a), np.concatenate(temp_c))
+        touched = np.unique(np.concatenate(unit))
+        est = self.soh.estimates(touched)
+        last_ts: dict[int, int] = {}
+        for bs, ts_ms, _ in b.soh:
+            last_ts[bs.board_id] = ts_ms
+        for j, u in enumerate(touched):
+            board = int(self.unit_board[u])
+            ts = last_ts.get(board)
+            if board < 0 or ts is None:
+                continue
+            changed = int(est["capacity_updates"][j]) != self.unit_updates[u]
+            if not changed and ts - self.unit_stored_ms[u] < self.estimate_every_ms:
+                continue
+            self.unit_updates[u] = int(est["capacity_updates"][j])
+            self.unit_stored_ms[u] = ts
+            cell = int(self.unit_cell[u])
+            b.estimates.append((board, cell, ts, *(_num(est[k][j]) for k in (
+                "soc_pct", "capacity_ah", "capacity_sigma_ah", "soh_pct", "soh_sigma_pct",
+                "r0_mohm", "r0_sigma_mohm", "r0_growth_pct", "rul_days", "rul_efc", "efc"))))
+            if changed:
+                soh, growth = _num(est["soh_pct"][j]), _num(est["r0_growth_pct"][j])
+                if soh is not None and growth is not None:
+                    b.events += self.engine.on_estimate(
+                        board, ts, soh, growth, "cell" if cell >= 0 else "pack", max(cell, 0))
+
+    # -- commit, then acknowledge --------------------------------------------------------------
+
+    def _finish(self, b: _Batch, now: int) -> None:
+        gap_changes: list[GapChange] = []
+        st = self.storage
+        with st.transaction():
+            st.insert_samples(b.samples)
+            st.insert_board_frames(b.board_frames)
+            st.insert_rejected(b.rejected)
+            st.insert_estimates(b.estimates)
+            for board_id, fields in b.board_fields.items():
+                bs = self.boards[board_id]
+                st.upsert_board(board_id, b.seen.get(board_id, now), **{"site": bs.site, **fields})
+            touched_boots = set()
+            for board_id, boot, seq, span in b.commits:
+                gap_changes += self.delivery.commit(board_id, boot, seq, span, now)
+                touched_boots.add((board_id, boot))
+            for board_id, boot in touched_boots:
+                st.save_seq_ranges(board_id, boot, self.delivery.window.intervals(board_id, boot))
+            gap_changes += self.delivery.settle(now)
+            self._record_gaps(gap_changes, b, now)
+            if b.events:
+                st.write_alarm_events(b.events, now)
+            if b.events or now - self._state_saved_ms >= STATE_EVERY_MS:
+                self._save_state(now)
+        self.stats.commits += 1
+        for done in b.after:
+            if done is not None:
+                done()
+        for bs, what in b.commands:
+            self._command(bs, what)
+        self._request_resends(b.touched, now)
+        self._send_acks(b.touched | {c.board_id for c in gap_changes}, now)
+        if b.events and self.notify is not None:
+            self.notify(b.events)
+
+    def _record_gaps(self, changes: list[GapChange], b: _Batch, now: int) -> None:
+        for c in changes:
+            g = c.gap
+            if c.outcome == "opened":
+                self.stats.gaps_opened += 1
+                self.storage.open_gap(c.board_id, c.boot, g.lo, g.hi, now)
+            else:
+                self.storage.close_gap(c.board_id, c.boot, g.lo, c.outcome, now)
+                if c.outcome == "lost":
+                    self.stats.gaps_lost += 1
+                    self.stats.seqs_lost += g.hi - g.lo
+                    log.warning("board %d boot %d: seqs %d..%d never arrived; given up",
+                                c.board_id, c.boot, g.lo, g.hi - 1)
+                    b.events += self.engine.on_seq_gap(c.board_id, now, g.hi - g.lo)
+
+    def _save_state(self, now: int) -> None:
+        buf = io.BytesIO()
+        np.savez(buf, _unit_board=self.unit_board, _unit_cell=self.unit_cell,
+                 _unit_updates=self.unit_updates, _unit_stored_ms=self.unit_stored_ms,
+                 **self.soh.state())
+        self.storage.save_state("soh", buf.getvalue(), now)
+        self.storage.save_state("alarms", json.dumps(self.engine.state()).encode(), now)
+        self._state_saved_ms = now
+
+    def _command(self, bs: BoardState, what: str, *args: Any) -> bool:
+        if bs.link is None:
+            return False
+        try:
+            frame = getattr(self.commands, what)(bs.board_id, *args)
+        except CommandError as exc:
+            log.error("board %d: %s", bs.board_id, exc)
+            return False
+        ok = bs.link.send_command(bs.board_id, bs.site, frame)
+        if ok:
+            self.stats.commands_sent += 1
+        else:
+            self.stats.commands_failed += 1
+        return ok
+
+    def _request_resends(self, boards: Iterable[int], now: int) -> None:
+        """A board with a gap we have not asked about gets a rebirth: its birth, then every
+        frame it has not had acknowledged. Paced, since each one re-sends the whole store."""
+        for board_id in boards:
+            bs = self.boards.get(board_id)
+            if bs is None or now - bs.last_rebirth_ms < self.rebirth_every_ms or \
+                    not self.delivery.needs_request(board_id):
+                continue
+            if self._command(bs, "rebirth"):
+                bs.last_rebirth_ms = now
+                self.delivery.note_request(board_id, now)
+
+    def _send_acks(self, boards: Iterable[int], now: int) -> None:
+        for board_id in boards:
+            bs = self.boards.get(board_id)
+            if bs is None or now - bs.last_ack_ms < ACK_EVERY_MS:
+                continue
+            point = self.delivery.ack_point(board_id, now)
+            if point is None or point == bs.last_ack:
+                continue
+            if self._command(bs, "ack", *point):
+                bs.last_ack = point
+                bs.last_ack_ms = now
+
+    # -- periodic work (the daemon calls this about once a second) -----------------------------
+
+    def tick(self) -> None:
+        now = self.clock_ms()
+        events = self.engine.tick(now)
+        changes = self.delivery.settle(now)
+        actions = self.storage.pending_actions()
+        results = [(i, self._apply(action, args, actor, now, events))
+                   for i, action, args, actor in actions]
+        b = _Batch()
+        with self.storage.transaction():
+            self._record_gaps(changes, b, now)
+            events += b.events
+            for i, result in results:
+                self.storage.finish_action(i, result, now)
+            if events:
+                self.storage.write_alarm_events(events, now)
+            if events or results or now - self._state_saved_ms >= STATE_EVERY_MS:
+                self._save_state(now)
+        for bs, what in b.commands:
+            self._command(bs, what)
+        self._request_resends(list(self.boards), now)
+        self._send_acks(list(self.boards), now)
+        for bs in self.boards.values():
+            if bs.link is not None and now - bs.last_sync_ms >= TIME_SYNC_EVERY_MS:
+                bs.last_sync_ms = now  # clocks drift: re-sync hourly
+                self._command(bs, "time_sync")
+        if events and self.notify is not None:
+            self.notify(events)
+
+    def _apply(self, action: str, args: dict[str, Any], actor: str, now: int,
+               events: list[AlarmEvent]) -> str:
+        try:
+            if action == "ack":
+                events += self.engine.acknowledge(int(args["alarm_id"]), now, actor,
+                                                  args.get("note"))
+            elif action == "shelve":
+                events += self.engine.shelve(int(args["alarm_id"]), int(args["until_ms"]), now,
+                                             actor, args.get("note"))
+            elif action == "unshelve":
+                events += self.engine.unshelve(int(args["alarm_id"]), now, actor)
+            elif action == "service":
+                board_id = int(args["board_id"])
+                events += self.engine.set_in_service(board_id, bool(args["in_service"]), now,
+                                                     actor)
+                with self.storage.transaction():
+                    self.storage.db.execute("UPDATE boards SET in_service = ? WHERE board_id = ?",
+                                            (int(bool(args["in_service"])), board_id))
+            else:
+                return f"error: unknown action {action!r}"
+        except (KeyError, ValueError) as exc:
+            msg = exc.args[0] if exc.args else str(exc)
+            return f"error: {msg}"
+        return "ok"
+
+    def save(self) -> None:
+        """Persist estimator and alarm state now (clean shutdown)."""
+        with self.storage.transaction():
+            self._save_state(self.clock_ms())
+
+
+@dataclass
+class _Batch:
+    samples: list[tuple] = field(default_factory=list)
+    board_frames: list[tuple] = field(default_factory=list)
+    rejected: list[tuple] = field(default_factory=list)
+    estimates: list[tuple] = field(default_factory=list)
+    events: list[AlarmEvent] = field(default_factory=list)
+    after: list[Callable[[], None] | None] = field(default_factory=list)
+    commands: list[tuple[BoardState, str]] = field(default_factory=list)
+    commits: list[tuple[int, int, int, int]] = field(default_factory=list)
+    keys: set[tuple[int, int, int]] = field(default_factory=set)
+    touched: set[int] = field(default_factory=set)
+    board_fields: dict[int, dict[str, Any]] = field(default_factory=dict)
+    seen: dict[int, int] = field(default_factory=dict)
+    soh: list[tuple[BoardState, int, dict[str, Any]]] = field(default_factory=list)
+
+
+def _profile(b: dict[str, Any]) -> BoardProfile:
+    probe_cell = b["probe_cell"]
+    if isinstance(probe_cell, str):
+        probe_cell = json.loads(probe_cell)
+    return BoardProfile(board_id=b["board_id"], site=b["site"], chemistry=b["chemistry"],
+                        cells_series=b["cells_series"], rated_mah=b["rated_mah"],
+                        max_pack_mv=b["max_pack_mv"], max_temp_dc=b["max_temp_dc"],
+                        sample_period_ms=b["sample_period_ms"],
+                        riso_period_ms=b["riso_period_ms"] or 0, n_probes=b["n_probes"],
+                        n_cells=b["n_cells"], probe_cell=tuple(probe_cell))
+
+
+def _num(x: Any) -> float | None:
+    f = float(x)
+    return None if np.isnan(f) else f

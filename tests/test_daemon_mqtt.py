@@ -1,0 +1,171 @@
+"""The daemon against a real Mosquitto: broker restarts and a SIGKILLed daemon lose nothing
+acknowledged and store nothing twice."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from pathlib import Path
+
+from daemon_rig import DaemonProc, wait_until
+from pyboard import MqttBoard, PyBoard
+
+BOARD = 0xC0FFEE
+
+
+def mqtt_config(port: int, **daemon: object) -> str:
+    extra = "".join(f"{k} = {v}\n" for k, v in daemon.items())
+    return (f'[daemon]\ngap_settle_s = 3.0\n{extra}\n[mqtt]\nurl = "mqtt://127.0.0.1:{port}"\n'
+            f'client_id = "test-daemon"\n')
+
+
+def stored_seqs(d: DaemonProc) -> list[int]:
+    return [s for (s,) in d.query("SELECT seq FROM samples WHERE board_id = ? ORDER BY seq",
+                                  BOARD)]
+
+
+class Publisher:
+    """Publishes a sample every `period_s` from a thread until stopped."""
+
+    def __init__(self, link: MqttBoard, period_s: float = 0.01) -> None:
+        self.link = link
+        self.period_s = period_s
+        self.stop = threading.Event()
+        self.sent = 0
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread.start()
+
+    def _run(self) -> None:
+        while not self.stop.is_set():
+            self.link.send_sample()
+            self.sent += 1
+            time.sleep(self.period_s)
+
+    def finish(self) -> int:
+        self.stop.set()
+        self.thread.join()
+        return self.sent
+
+
+def drained(board: PyBoard, d: DaemonProc, n: int) -> bool:
+    return not board.pending() and len(stored_seqs(d)) >= n
+
+
+def test_broker_restarted_twice_every_frame_stored_once(broker, tmp_path: Path) -> None:
+    d = DaemonProc(tmp_path, mqtt_config(broker.port))
+    board = PyBoard(BOARD)
+    link = None
+    try:
+        d.start()
+        link = MqttBoard(board, broker.port)
+        assert link.up.wait(10)
+        pub = Publisher(link)
+        for _ in range(2):
+            wait_until(lambda: len(stored_seqs(d)) > 50, 20, "frames stored")
+            time.sleep(0.5)
+            broker.stop()
+            time.sleep(1.0)  # the board keeps sampling: those frames are only in its store
+            broker.start()
+            time.sleep(1.5)
+        sent = pub.finish()
+        wait_until(lambda: drained(board, d, sent), 60,
+                   f"all {sent} samples stored and acked (pending {len(board.pending())})")
+        seqs = stored_seqs(d)
+        samples = sorted(s for s in seqs)
+        assert len(samples) == sent, f"{sent} sent, {len(samples)} stored"
+        assert len(set(samples)) == len(samples)  # exactly once
+        assert d.query("SELECT count(*) FROM samples")[0][0] == sent
+        assert board.acks and board.acked[1] >= max(samples)
+        assert "lost the broker" in d.text() and d.text().count("connected to") >= 3
+    finally:
+        if link is not None:
+            link.close()
+        rc = d.stop() if d.proc else 0
+        d.close()
+    assert rc == 0
+
+
+def test_sigkill_mid_stream_loses_nothing_acknowledged(broker, tmp_path: Path) -> None:
+    d = DaemonProc(tmp_path, mqtt_config(broker.port))
+    board = PyBoard(BOARD)
+    link = None
+    try:
+        d.start()
+        link = MqttBoard(board, broker.port)
+        assert link.up.wait(10)
+        pub = Publisher(link)
+        wait_until(lambda: board.acked[1] > 100, 20, "acks from the daemon")
+        d.kill()
+        acked = board.acked  # what the daemon promised to have stored when it died
+        promised = [s for s in board.sample_seqs if (board.boot, s) <= acked]
+        assert len(promised) > 100
+        stored = set(stored_seqs(d))
+        assert [s for s in promised if s not in stored] == []
+        time.sleep(1.0)  # the board keeps publishing into the broker meanwhile
+        d.start()
+        sent = pub.finish()
+        wait_until(lambda: drained(board, d, sent), 60,
+                   f"all {sent} samples after the restart (pending {len(board.pending())})")
+        samples = stored_seqs(d)
+        assert len(samples) == sent == len(set(samples))
+        stats = json.loads(d.query("SELECT value FROM meta WHERE key = 'daemon_stats'")[0][0])
+        assert stats["samples"] >= 1
+    finally:
+        if link is not None:
+            link.close()
+        if d.proc:
+            d.stop()
+        d.close()
+
+
+def test_alarms_go_out_on_mqtt_with_a_retained_active_set(broker, tmp_path: Path) -> None:
+    import paho.mqtt.client as mqtt
+    from paho.mqtt.enums import CallbackAPIVersion
+
+    d = DaemonProc(tmp_path, mqtt_config(broker.port))
+    board = PyBoard(BOARD)
+    link = None
+    got: list[tuple[str, dict | list, bool]] = []
+    watcher = mqtt.Client(CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv5)
+    watcher.on_message = lambda _c, _u, m: got.append(
+        (m.topic, json.loads(m.payload), bool(m.retain)))
+    try:
+        d.start()
+        watcher.connect("127.0.0.1", broker.port)
+        watcher.subscribe(f"packsentry/lab/{BOARD}/alarm/#", qos=1)
+        watcher.loop_start()
+        link = MqttBoard(board, broker.port)
+        assert link.up.wait(10)
+        for _ in range(5):
+            link.send_sample(temp_dc=620)  # 62 degC: L3 on the first sample
+            time.sleep(0.05)
+        events = wait_until(lambda: [p for t, p, _ in got if t.endswith("/alarm")
+                                     and isinstance(p, dict) and p["rule"] == "temp_high"],
+                            20, "the temp_high alarm on MQTT")
+        assert events[0]["level"] == 3 and events[0]["event"] == "raised"
+        assert "62" in events[0]["message"]
+        active = wait_until(lambda: [p for t, p, _ in got if t.endswith("/alarm/active") and p],
+                            10, "the active set")
+        assert any(a["rule"] == "temp_high" for a in active[-1])
+    finally:
+        watcher.loop_stop()
+        watcher.disconnect()
+        if link is not None:
+            link.close()
+        if d.proc:
+            d.stop()
+        d.close()
+    # a late subscriber still learns what is active: the set is retained
+    late: list[tuple[str, list]] = []
+    c = mqtt.Client(CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv5)
+    c.on_message = lambda _c, _u, m: late.append((m.topic, json.loads(m.payload)))
+    c.connect("127.0.0.1", broker.port)
+    c.subscribe(f"packsentry/lab/{BOARD}/alarm/active", qos=1)
+    c.loop_start()
+    try:
+        wait_until(lambda: late, 10, "the retained active set")
+        assert any(a["rule"] == "temp_high" for a in late[0][1])
+    finally:
+        c.loop_stop()
+        c.disconnect()
