@@ -13,7 +13,6 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
-DAEMON_CMD = os.environ.get("SCRATCH_DAEMON", "-m packsentry.host.cli").split()
 
 
 class DaemonProc:
@@ -29,7 +28,7 @@ class DaemonProc:
         env = {**os.environ, "PYTHONUNBUFFERED": "1"}
         with open(self.log, "ab") as log:
             self.proc = subprocess.Popen(
-                [sys.executable, *DAEMON_CMD, "daemon", "--config",
+                [sys.executable, "-m", "packsentry.host.cli", "daemon", "--config",
                  str(self.conf)], stdout=log, stderr=subprocess.STDOUT, env=env, cwd=ROOT)
         self.wait_log("ready:", timeout)
 

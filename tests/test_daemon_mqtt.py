@@ -99,7 +99,7 @@ def test_sigkill_mid_stream_loses_nothing_acknowledged(broker, tmp_path: Path) -
         d.kill()
         acked = board.acked  # what the daemon promised to have stored when it died
         promised = [s for s in board.sample_seqs if (board.boot, s) <= acked]
-        assert len(promised) > 100
+        assert len(promised) > 50
         stored = set(stored_seqs(d))
         assert [s for s in promised if s not in stored] == []
         time.sleep(1.0)  # the board keeps publishing into the broker meanwhile
