@@ -236,16 +236,17 @@ class Daemon:
         with self.storage.transaction():
             self.storage.set_meta("daemon_heartbeat_ms", str(now_ms()))
             self.storage.set_meta("daemon_pid", str(os.getpid()))
-            self.storage.set_meta("daemon_stats", _stats_json(s, self.queue_full,
-                                                             self.queue.qsize()))
+            self.storage.set_meta("daemon_stats", _stats_json(
+                s, self.queue_full, self.queue.qsize(), self.processor.delivery.reordered))
         _sd_notify(b"WATCHDOG=1")
 
 
-def _stats_json(s: Any, queue_full: int, queued: int) -> str:
+def _stats_json(s: Any, queue_full: int, queued: int, reordered: int) -> str:
     import json
 
     return json.dumps({"frames": dict(s.frames), "rejected": dict(s.rejected),
                        "samples": s.samples, "duplicates": s.duplicates,
+                       "reordered": reordered,
                        "gaps_opened": s.gaps_opened, "gaps_lost": s.gaps_lost,
                        "seqs_lost": s.seqs_lost, "commits": s.commits,
                        "commands_sent": s.commands_sent, "queue_full": queue_full,

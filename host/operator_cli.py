@@ -78,6 +78,16 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     a.add_argument("--actor", default=None)
     a.set_defaults(func=cmd_alarm_action, action="service")
 
+    p = sub.add_parser("send", help="a command to a board, through the running daemon")
+    db_args(p)
+    p.add_argument("board_id", type=int)
+    p.add_argument("command", choices=("config", "reboot", "rebirth", "time-sync"),
+                   help="config: push a config.json (signed with the board's key); reboot "
+                   "(signed); rebirth: birth and re-send; time-sync")
+    p.add_argument("file", nargs="?", help="for config: the board's new config.json")
+    p.add_argument("--actor", default=None)
+    p.set_defaults(func=cmd_alarm_action, action="command")
+
     p = sub.add_parser("export", help="samples or estimates of a board as CSV")
     db_args(p)
     p.add_argument("--board", type=int, required=True)
@@ -280,7 +290,21 @@ def cmd_alarm_action(args: argparse.Namespace) -> int:
     st = _open_db(args)
     actor = args.actor or getpass.getuser()
     action = args.action
-    if action == "service":
+    if action == "command":
+        payload = {"board_id": args.board_id, "command": args.command.replace("-", "_")}
+        if args.command == "config":
+            if not args.file:
+                raise UsageError("config needs the board's new config.json")
+            try:
+                payload["config"] = json.loads(Path(args.file).read_text())
+            except json.JSONDecodeError as exc:
+                raise UsageError(f"{args.file}: invalid JSON: {exc}") from None
+            if not isinstance(payload["config"], dict) or \
+                    payload["config"].get("board_id") != args.board_id:
+                raise UsageError(f"{args.file}: a board config with board_id {args.board_id} "
+                                 f"is expected (the board refuses another board's config)")
+            payload["command"] = "config_update"
+    elif action == "service":
         payload: dict[str, Any] = {"board_id": args.board_id, "in_service": args.state == "in"}
         if not any(b["board_id"] == args.board_id for b in st.boards()):
             raise UsageError(f"no board {args.board_id} in {st.path}")

@@ -33,7 +33,7 @@ from packsentry.protocol.errors import BadValue, ProtocolError
 from packsentry.protocol.verify import Verifier
 
 from .alarms import AlarmEngine, AlarmEvent, BoardProfile
-from .commands import BoardLink, CommandError, Commands
+from .commands import MUST_SIGN, BoardLink, CommandError, Commands
 from .delivery import Delivery, GapChange
 from .soh import SohBank
 from .storage import Storage, cells_blob, now_ms, temps_blob
@@ -105,6 +105,7 @@ class Processor:
         self.storage = storage
         self.engine = engine
         self.verifier = Verifier(keys, replay_window=None)  # dedupe is delivery's, on commits
+        self.verifier_keys = keys
         self.commands = Commands(keys, clock_ms)
         self.delivery = Delivery(int(gap_settle_s * 1000))
         self.rebirth_every_ms = min(REBIRTH_EVERY_MS, int(gap_settle_s * 500))
@@ -513,6 +514,8 @@ class Processor:
                                              actor, args.get("note"))
             elif action == "unshelve":
                 events += self.engine.unshelve(int(args["alarm_id"]), now, actor)
+            elif action == "command":
+                return self._operator_command(args)
             elif action == "service":
                 board_id = int(args["board_id"])
                 events += self.engine.set_in_service(board_id, bool(args["in_service"]), now,
@@ -525,6 +528,28 @@ class Processor:
         except (KeyError, ValueError) as exc:
             msg = exc.args[0] if exc.args else str(exc)
             return f"error: {msg}"
+        return "ok"
+
+    def _operator_command(self, args: dict[str, Any]) -> str:
+        """A command an operator asked for (`packsentry send`), to the board's last link."""
+        board_id = int(args["board_id"])
+        bs = self.boards.get(board_id)
+        if bs is None or bs.link is None:
+            return f"error: board {board_id} has not been heard from since the daemon started"
+        what = args["command"]
+        extra: tuple[Any, ...] = ()
+        if what == "config_update":
+            # the board ignores versions older than its own: seconds since the epoch only grow
+            extra = (self.clock_ms() // 1000, args["config"])
+        elif what == "reboot":
+            extra = (int(args.get("delay_ms", 1000)),)
+        elif what not in ("rebirth", "time_sync"):
+            return f"error: unknown command {what!r}"
+        if what in MUST_SIGN and board_id not in self.verifier_keys:
+            return (f"error: {what} must be signed and the daemon has no key for board "
+                    f"{board_id} (add it under [keys])")
+        if not self._command(bs, what, *extra):
+            return f"error: the {bs.link.name} link did not take the command"
         return "ok"
 
     def save(self) -> None:

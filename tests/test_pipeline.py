@@ -203,3 +203,29 @@ def test_docs_example_config_is_valid(tmp_path: Path) -> None:
     secret.write_text("x")
     cfg = config.parse(text.replace("/etc/packsentry/mqtt-password", str(secret)))
     assert cfg.serial and cfg.mqtt is not None and cfg.keys and cfg.webhooks
+
+
+def test_operator_commands_reach_the_board_signed(tmp_path: Path,
+                                                  capsys: pytest.CaptureFixture[str]) -> None:
+    key = bytes(range(32))
+    clock = Clock()
+    p = make(tmp_path, clock, keys={BOARD: key})
+    board = PyBoard(BOARD, key=key)
+    link = Recorder(board)
+    other = PyBoard(7)
+    feed(p, link, board.birth(), other.birth())
+    db = str(tmp_path / "depot.db")
+    cfg = tmp_path / "config.json"
+    cfg.write_text(json.dumps({"board_id": BOARD, "site": "lab"}))
+    assert main(["send", "--db", db, str(BOARD), "config", str(cfg)]) == 0
+    assert main(["send", "--db", db, "7", "reboot"]) == 0
+    p.tick()
+    (update,) = [f for f in link.sent if f["msg_type"] == "config_update"]
+    assert update["tag"] is not None and update["board_id"] == BOARD
+    assert json.loads(update["payload"]["config_json"]) == {"board_id": BOARD, "site": "lab"}
+    results = [r for (r,) in p.storage.db.execute(
+        "SELECT result FROM operator_actions ORDER BY id")]
+    assert results[0] == "ok" and "no key for board 7" in results[1]
+    cfg.write_text(json.dumps({"board_id": 5}))
+    assert main(["send", "--db", db, str(BOARD), "config", str(cfg)]) == 2
+    assert "board_id 12648430" in capsys.readouterr().err
