@@ -6,8 +6,11 @@ from __future__ import annotations
 import json
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
+import pytest
 from daemon_rig import DaemonProc, wait_until
 from pyboard import MqttBoard, PyBoard
 
@@ -52,7 +55,9 @@ def drained(board: PyBoard, d: DaemonProc, n: int) -> bool:
     return not board.pending() and len(stored_seqs(d)) >= n
 
 
-def test_broker_restarted_twice_every_frame_stored_once(broker, tmp_path: Path) -> None:
+@pytest.fixture
+def depot(broker, tmp_path: Path) -> Iterator[tuple[DaemonProc, PyBoard, MqttBoard]]:
+    """The daemon (a process of its own) and a board publishing to the test's broker."""
     d = DaemonProc(tmp_path, mqtt_config(broker.port))
     board = PyBoard(BOARD)
     link = None
@@ -60,57 +65,7 @@ def test_broker_restarted_twice_every_frame_stored_once(broker, tmp_path: Path) 
         d.start()
         link = MqttBoard(board, broker.port)
         assert link.up.wait(10)
-        pub = Publisher(link)
-        for _ in range(2):
-            wait_until(lambda: len(stored_seqs(d)) > 50, 20, "frames stored")
-            time.sleep(0.5)
-            broker.stop()
-            time.sleep(1.0)  # the board keeps sampling: those frames are only in its store
-            broker.start()
-            time.sleep(1.5)
-        sent = pub.finish()
-        wait_until(lambda: drained(board, d, sent), 60,
-                   f"all {sent} samples stored and acked (pending {len(board.pending())})")
-        seqs = stored_seqs(d)
-        samples = sorted(s for s in seqs)
-        assert len(samples) == sent, f"{sent} sent, {len(samples)} stored"
-        assert len(set(samples)) == len(samples)  # exactly once
-        assert d.query("SELECT count(*) FROM samples")[0][0] == sent
-        assert board.acks and board.acked[1] >= max(samples)
-        assert "lost the broker" in d.text() and d.text().count("connected to") >= 3
-    finally:
-        if link is not None:
-            link.close()
-        rc = d.stop() if d.proc else 0
-        d.close()
-    assert rc == 0
-
-
-def test_sigkill_mid_stream_loses_nothing_acknowledged(broker, tmp_path: Path) -> None:
-    d = DaemonProc(tmp_path, mqtt_config(broker.port))
-    board = PyBoard(BOARD)
-    link = None
-    try:
-        d.start()
-        link = MqttBoard(board, broker.port)
-        assert link.up.wait(10)
-        pub = Publisher(link)
-        wait_until(lambda: board.acked[1] > 100, 20, "acks from the daemon")
-        d.kill()
-        acked = board.acked  # what the daemon promised to have stored when it died
-        promised = [s for s in board.sample_seqs if (board.boot, s) <= acked]
-        assert len(promised) > 50
-        stored = set(stored_seqs(d))
-        assert [s for s in promised if s not in stored] == []
-        time.sleep(1.0)  # the board keeps publishing into the broker meanwhile
-        d.start()
-        sent = pub.finish()
-        wait_until(lambda: drained(board, d, sent), 60,
-                   f"all {sent} samples after the restart (pending {len(board.pending())})")
-        samples = stored_seqs(d)
-        assert len(samples) == sent == len(set(samples))
-        stats = json.loads(d.query("SELECT value FROM meta WHERE key = 'daemon_stats'")[0][0])
-        assert stats["samples"] >= 1
+        yield d, board, link
     finally:
         if link is not None:
             link.close()
@@ -119,53 +74,87 @@ def test_sigkill_mid_stream_loses_nothing_acknowledged(broker, tmp_path: Path) -
         d.close()
 
 
-def test_alarms_go_out_on_mqtt_with_a_retained_active_set(broker, tmp_path: Path) -> None:
-    import paho.mqtt.client as mqtt
-    from paho.mqtt.enums import CallbackAPIVersion
+def test_broker_restarted_twice_every_frame_stored_once(broker, depot) -> None:
+    d, board, link = depot
+    pub = Publisher(link)
+    for _ in range(2):
+        wait_until(lambda: len(stored_seqs(d)) > 50, 20, "frames stored")
+        time.sleep(0.5)
+        broker.stop()
+        time.sleep(1.0)  # the board keeps sampling: those frames are only in its store
+        broker.start()
+        time.sleep(1.5)
+    sent = pub.finish()
+    wait_until(lambda: drained(board, d, sent), 60,
+               f"all {sent} samples stored and acked (pending {len(board.pending())})")
+    samples = stored_seqs(d)
+    assert len(samples) == sent, f"{sent} sent, {len(samples)} stored"
+    assert len(set(samples)) == len(samples)  # exactly once
+    assert board.acks and board.acked[1] >= max(samples)
+    assert "lost the broker" in d.text() and d.text().count("connected to") >= 3
+    assert d.stop() == 0
 
-    d = DaemonProc(tmp_path, mqtt_config(broker.port))
-    board = PyBoard(BOARD)
-    link = None
-    got: list[tuple[str, dict | list, bool]] = []
-    watcher = mqtt.Client(CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv5)
-    watcher.on_message = lambda _c, _u, m: got.append(
-        (m.topic, json.loads(m.payload), bool(m.retain)))
+
+def test_sigkill_mid_stream_loses_nothing_acknowledged(depot) -> None:
+    d, board, link = depot
+    pub = Publisher(link)
+    wait_until(lambda: board.acked[1] > 100, 20, "acks from the daemon")
+    d.kill()
+    acked = board.acked  # what the daemon promised to have stored when it died
+    promised = [s for s in board.sample_seqs if (board.boot, s) <= acked]
+    assert len(promised) > 50
+    stored = set(stored_seqs(d))
+    assert [s for s in promised if s not in stored] == []
+    time.sleep(1.0)  # the board keeps publishing into the broker meanwhile
+    d.start()
+    sent = pub.finish()
+    wait_until(lambda: drained(board, d, sent), 60,
+               f"all {sent} samples after the restart (pending {len(board.pending())})")
+    samples = stored_seqs(d)
+    assert len(samples) == sent == len(set(samples))
+
+
+class Watcher:
+    """A plain MQTT subscriber collecting (topic, JSON payload)."""
+
+    def __init__(self, port: int, topic: str) -> None:
+        import paho.mqtt.client as mqtt
+        from paho.mqtt.enums import CallbackAPIVersion
+
+        self.got: list[tuple[str, Any]] = []
+        self.c = mqtt.Client(CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv5)
+        self.c.on_message = lambda _c, _u, m: self.got.append((m.topic, json.loads(m.payload)))
+        self.c.connect("127.0.0.1", port)
+        self.c.subscribe(topic, qos=1)
+        self.c.loop_start()
+
+    def close(self) -> None:
+        self.c.loop_stop()
+        self.c.disconnect()
+
+
+def test_alarms_go_out_on_mqtt_with_a_retained_active_set(broker, depot) -> None:
+    d, _, link = depot
+    w = Watcher(broker.port, f"packsentry/lab/{BOARD}/alarm/#")
     try:
-        d.start()
-        watcher.connect("127.0.0.1", broker.port)
-        watcher.subscribe(f"packsentry/lab/{BOARD}/alarm/#", qos=1)
-        watcher.loop_start()
-        link = MqttBoard(board, broker.port)
-        assert link.up.wait(10)
         for _ in range(5):
             link.send_sample(temp_dc=620)  # 62 degC: L3 on the first sample
             time.sleep(0.05)
-        events = wait_until(lambda: [p for t, p, _ in got if t.endswith("/alarm")
-                                     and isinstance(p, dict) and p["rule"] == "temp_high"],
-                            20, "the temp_high alarm on MQTT")
+        events = wait_until(lambda: [p for t, p in w.got if t.endswith("/alarm")
+                                     and p["rule"] == "temp_high"], 20,
+                            "the temp_high alarm on MQTT")
         assert events[0]["level"] == 3 and events[0]["event"] == "raised"
         assert "62" in events[0]["message"]
-        active = wait_until(lambda: [p for t, p, _ in got if t.endswith("/alarm/active") and p],
+        active = wait_until(lambda: [p for t, p in w.got if t.endswith("/alarm/active") and p],
                             10, "the active set")
         assert any(a["rule"] == "temp_high" for a in active[-1])
     finally:
-        watcher.loop_stop()
-        watcher.disconnect()
-        if link is not None:
-            link.close()
-        if d.proc:
-            d.stop()
-        d.close()
+        w.close()
+    d.stop()
     # a late subscriber still learns what is active: the set is retained
-    late: list[tuple[str, list]] = []
-    c = mqtt.Client(CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv5)
-    c.on_message = lambda _c, _u, m: late.append((m.topic, json.loads(m.payload)))
-    c.connect("127.0.0.1", broker.port)
-    c.subscribe(f"packsentry/lab/{BOARD}/alarm/active", qos=1)
-    c.loop_start()
+    late = Watcher(broker.port, f"packsentry/lab/{BOARD}/alarm/active")
     try:
-        wait_until(lambda: late, 10, "the retained active set")
-        assert any(a["rule"] == "temp_high" for a in late[0][1])
+        wait_until(lambda: late.got, 10, "the retained active set")
+        assert any(a["rule"] == "temp_high" for a in late.got[0][1])
     finally:
-        c.loop_stop()
-        c.disconnect()
+        late.close()

@@ -56,6 +56,18 @@ def feed(p: Processor, link: Recorder, *frames: bytes) -> None:
     p.process([Inbound(f, p.clock_ms(), "test", "lab", link=link) for f in frames])
 
 
+def running(tmp: Path, clock: Clock, n: int, **sample: int) -> tuple[Processor, PyBoard, Recorder]:
+    """A processor that has seen a board's birth and n samples, one a second."""
+    p = make(tmp, clock)
+    board = PyBoard(BOARD)
+    link = Recorder(board)
+    feed(p, link, board.birth())
+    for i in range(1, n + 1):
+        clock.ms = T0 + 1000 * i
+        feed(p, link, board.sample(ts_ms=clock.ms, **sample))
+    return p, board, link
+
+
 def count(p: Processor, table: str) -> int:
     return p.storage.count(table)
 
@@ -112,13 +124,7 @@ def test_bad_frames_are_quarantined_by_reason(tmp_path: Path) -> None:
 def test_alarm_lifecycle_through_storage_and_the_cli(tmp_path: Path,
                                                      capsys: pytest.CaptureFixture[str]) -> None:
     clock = Clock()
-    p = make(tmp_path, clock)
-    board = PyBoard(BOARD)
-    link = Recorder(board)
-    feed(p, link, board.birth())
-    for i in range(1, 40):  # 62 degC on the probe: L3 on the first sample
-        clock.ms = T0 + 1000 * i
-        feed(p, link, board.sample(ts_ms=clock.ms, temp_dc=620))
+    p, _, _ = running(tmp_path, clock, 39, temp_dc=620)  # 62 degC: L3 on the first sample
     alarms = p.storage.alarms()
     hot = [a for a in alarms if a["rule"] == "temp_high"]
     assert hot and hot[0]["level"] == 3 and hot[0]["state"] == "active_unack"
@@ -148,14 +154,7 @@ def test_alarm_lifecycle_through_storage_and_the_cli(tmp_path: Path,
 
 
 def test_status_and_export(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    clock = Clock()
-    p = make(tmp_path, clock)
-    board = PyBoard(BOARD)
-    link = Recorder(board)
-    feed(p, link, board.birth())
-    for i in range(1, 11):
-        clock.ms = T0 + 1000 * i
-        feed(p, link, board.sample(ts_ms=clock.ms))
+    running(tmp_path, Clock(), 10)
     db = str(tmp_path / "depot.db")
     assert main(["status", "--db", db]) == 0
     out = capsys.readouterr().out
@@ -176,13 +175,7 @@ def test_status_and_export(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -
 
 def test_a_restart_continues_estimates_and_alarms(tmp_path: Path) -> None:
     clock = Clock()
-    p = make(tmp_path, clock)
-    board = PyBoard(BOARD)
-    link = Recorder(board)
-    feed(p, link, board.birth())
-    for i in range(1, 5):
-        clock.ms = T0 + 1000 * i
-        feed(p, link, board.sample(ts_ms=clock.ms, temp_dc=620))
+    p, board, link = running(tmp_path, clock, 4, temp_dc=620)
     p.save()
     active = {a["alarm_id"] for a in p.storage.alarms()}
     units = p.unit_board.copy()
