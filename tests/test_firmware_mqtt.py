@@ -27,6 +27,7 @@ from pathlib import Path
 
 import pytest
 
+from packsentry.hil.broker import Broker
 from packsentry.hil.mpvm import RUNNER, check_package, find_node
 
 REPO = Path(__file__).resolve().parent.parent
@@ -69,58 +70,12 @@ BOARD = 0xC0FFEE
 BASE = f"packsentry/{SITE}/{BOARD}"
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _need(binary: str, package: str) -> str:
     path = shutil.which(binary) or (f"/usr/sbin/{binary}" if Path(
         f"/usr/sbin/{binary}").exists() else None)
     if path is None:
         pytest.fail(f"{binary} not found: install the Debian package {package}")
     return path
-
-
-class Broker:
-    """A private mosquitto on a free loopback port; start/stop keep the port."""
-
-    def __init__(self, tmp: Path) -> None:
-        self.binary = _need("mosquitto", "mosquitto")
-        self.port = _free_port()
-        self.conf = tmp / "mosquitto.conf"
-        self.conf.write_text(f"listener {self.port} 127.0.0.1\nallow_anonymous true\n"
-                             "persistence false\n")
-        self.log = tmp / "mosquitto.log"
-        self.proc: subprocess.Popen | None = None
-
-    def start(self) -> None:
-        with open(self.log, "ab") as log:
-            self.proc = subprocess.Popen([self.binary, "-c", str(self.conf)], stdout=log,
-                                         stderr=subprocess.STDOUT)
-        deadline = time.monotonic() + 5
-        while time.monotonic() < deadline:
-            try:
-                socket.create_connection(("127.0.0.1", self.port), timeout=0.2).close()
-                return
-            except OSError:
-                if self.proc.poll() is not None:
-                    break
-                time.sleep(0.02)
-        pytest.fail(f"mosquitto did not start on port {self.port}:\n{self.log.read_text()}")
-
-    def stop(self, sig: int = signal.SIGTERM) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.send_signal(sig)
-            if sig != signal.SIGKILL:
-                self.proc.send_signal(signal.SIGCONT)  # if frozen: wake up to handle it
-            self.proc.wait(5)
-        self.proc = None
-
-    def freeze(self) -> None:
-        assert self.proc is not None
-        self.proc.send_signal(signal.SIGSTOP)
 
 
 class Lines:
