@@ -12,7 +12,8 @@ from typing import Any
 
 import pytest
 from daemon_rig import DaemonProc, wait_until
-from pyboard import MqttBoard, PyBoard
+
+from packsentry.hil.model_board import MqttBoard, PyBoard
 
 BOARD = 0xC0FFEE
 

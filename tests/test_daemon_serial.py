@@ -10,7 +10,8 @@ import tty
 from pathlib import Path
 
 from daemon_rig import DaemonProc, wait_until
-from pyboard import PyBoard, SerialBoard
+
+from packsentry.hil.model_board import PyBoard, SerialBoard
 
 BOARD = 0xC0FFEE
 

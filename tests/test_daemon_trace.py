@@ -5,8 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from daemon_rig import DaemonProc, wait_until
-from pyboard import PyBoard
 
+from packsentry.hil.model_board import PyBoard
 from packsentry.host.trace_file import TraceWriter
 
 T0 = 1_790_000_000_000

@@ -8,8 +8,8 @@ import json
 from pathlib import Path
 
 import pytest
-from pyboard import PyBoard
 
+from packsentry.hil.model_board import PyBoard
 from packsentry.host.alarms import AlarmEngine
 from packsentry.host.cli import main
 from packsentry.host.pipeline import Inbound, Processor
