@@ -15,6 +15,7 @@ import os
 import threading
 import time
 from collections import OrderedDict
+from dataclasses import dataclass
 from typing import Any
 
 import paho.mqtt.client as mqtt
@@ -31,17 +32,38 @@ HISTORICAL = codec.FLAGS["historical"]
 TIME_SYNCED = codec.FLAGS["time_synced"]
 
 
+@dataclass(frozen=True)
+class Profile:
+    """What the board's birth says about its pack."""
+
+    chemistry: str = "nmc"
+    n_cells: int = 4  # cell voltages per sample (0: not measured; cells_series still counts)
+    cells_series: int = 0  # 0: n_cells
+    n_probes: int = 2
+    probe_cell: tuple[int, ...] = (0, 0xFFFF)
+    rated_mah: int = 50_000
+    max_pack_mv: int = 0  # 0: 4.2 V (NMC) or 3.65 V (LFP) per cell
+    max_temp_dc: int = 600
+    sample_period_ms: int = 1000
+    riso_period_ms: int = 10_000
+
+    def series(self) -> int:
+        return self.cells_series or max(self.n_cells, 1)
+
+
 class PyBoard:
     def __init__(self, board_id: int = 0xC0FFEE, boot: int = 1, n_cells: int = 4,
-                 chemistry: str = "nmc", key: bytes | None = None) -> None:
+                 chemistry: str = "nmc", key: bytes | None = None,
+                 profile: Profile | None = None) -> None:
         self.board_id = board_id
         self.boot = boot
-        self.n_cells = n_cells
-        self.chemistry = chemistry
+        self.profile = profile or Profile(chemistry=chemistry, n_cells=n_cells)
+        self.n_cells = self.profile.n_cells
+        self.chemistry = self.profile.chemistry
         self.key = key
         self.seq = 0
         self.synced = False
-        self.store: OrderedDict[int, dict[str, Any]] = OrderedDict()  # seq -> frame
+        self.store: OrderedDict[int, dict[str, Any]] = OrderedDict()  # first seq -> frame
         self.acked: tuple[int, int] = (0, -1)
         self.acks: list[tuple[int, int]] = []
         self.sample_seqs: list[int] = []  # every sample made
@@ -61,15 +83,18 @@ class PyBoard:
         return codec.encode_frame(f, key=self.key)
 
     def birth(self) -> bytes:
+        p = self.profile
+        per_cell_mv = 3650 if p.chemistry == "lfp" else 4200
         with self.lock:
             return self.encode(self._frame("birth", {
                 "fw_major": 0, "fw_minor": 1, "fw_patch": 0,
-                "schema_fingerprint": schema_fingerprint(), "chemistry": self.chemistry,
-                "cells_series": max(self.n_cells, 1), "rated_mah": 50_000,
-                "max_pack_mv": 4200 * max(self.n_cells, 1), "max_temp_dc": 600,
-                "sample_period_ms": 1000, "riso_period_ms": 10_000, "current_sensor": "shunt",
-                "config_error": 0, "n_probes": 2, "n_cells": self.n_cells,
-                "probe_cell": [0, 0xFFFF]}))
+                "schema_fingerprint": schema_fingerprint(), "chemistry": p.chemistry,
+                "cells_series": p.series(), "rated_mah": p.rated_mah,
+                "max_pack_mv": p.max_pack_mv or per_cell_mv * p.series(),
+                "max_temp_dc": p.max_temp_dc, "sample_period_ms": p.sample_period_ms,
+                "riso_period_ms": p.riso_period_ms, "current_sensor": "shunt",
+                "config_error": 0, "n_probes": p.n_probes, "n_cells": p.n_cells,
+                "probe_cell": list(p.probe_cell)}))
 
     def sample(self, ts_ms: int | None = None, cell_mv: int = 3700,
                temp_dc: int = 250, riso_kohm: int = 5000) -> bytes:
@@ -81,6 +106,26 @@ class PyBoard:
                 "cells_mv": [cell_mv] * self.n_cells}, ts_ms)
             self.store[f["seq"]] = f
             self.sample_seqs.append(f["seq"])
+            return self.encode(f)
+
+    def sample_from(self, ts_ms: int, m: dict[str, Any]) -> bytes:
+        """A sample frame of measured values (the Sample payload's fields, board units)."""
+        with self.lock:
+            f = self._frame("sample", _measurement(m), ts_ms)
+            self.store[f["seq"]] = f
+            self.sample_seqs.append(f["seq"])
+            return self.encode(f)
+
+    def batch_from(self, rows: list[tuple[int, dict[str, Any]]]) -> bytes:
+        """One batch frame of (ts_ms, measured values) rows, oldest first: one seq each."""
+        t0 = rows[0][0]
+        with self.lock:
+            f = self._frame("batch", {
+                "n_samples": len(rows), "n_probes": self.profile.n_probes, "n_cells": self.profile.n_cells,
+                "samples": [{"dt_ms": ts - t0, **_measurement(m)} for ts, m in rows]}, t0)
+            self.sample_seqs += range(f["seq"], f["seq"] + len(rows))
+            self.seq += len(rows) - 1  # a batch uses one seq per sample
+            self.store[f["seq"]] = f
             return self.encode(f)
 
     def pending(self) -> list[int]:
@@ -114,7 +159,8 @@ class PyBoard:
                 self.acks.append(point)
                 if point > self.acked:
                     self.acked = point
-                for seq in [s for s in self.store if (self.boot, s) <= point]:
+                for seq in [s for s, f in self.store.items()
+                            if (self.boot, s + codec.seq_span(f) - 1) <= point]:
                     del self.store[seq]
         elif t == "rebirth":
             out.append(self.birth())
@@ -123,6 +169,13 @@ class PyBoard:
             out.append(self.encode(self._frame("cmd_ack", {"cmd_type": t, "cmd_seq": f["seq"],
                                                            "result": "ok"})))
         return out
+
+
+def _measurement(m: dict[str, Any]) -> dict[str, Any]:
+    return {"pack_mv": m["pack_mv"], "current_ma": m["current_ma"],
+            "riso_pos_kohm": m["riso_pos_kohm"], "riso_neg_kohm": m["riso_neg_kohm"],
+            "alarm_level": m.get("alarm_level", 0), "alarm_flags": m.get("alarm_flags", 0),
+            "temps_dc": list(m["temps_dc"]), "cells_mv": list(m["cells_mv"])}
 
 
 class MqttBoard:

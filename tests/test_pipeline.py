@@ -222,3 +222,15 @@ def test_operator_commands_reach_the_board_signed(tmp_path: Path,
     cfg.write_text(json.dumps({"board_id": 5}))
     assert main(["send", "--db", db, str(BOARD), "config", str(cfg)]) == 2
     assert "board_id 12648430" in capsys.readouterr().err
+
+
+def test_batch_frames_store_one_row_per_sample(tmp_path: Path) -> None:
+    clock = Clock()
+    p, board, link = running(tmp_path, clock, 0)
+    m = {"pack_mv": 14800, "current_ma": 1000, "riso_pos_kohm": 5000, "riso_neg_kohm": 5000,
+         "temps_dc": [250, 240], "cells_mv": [3700] * 4}
+    clock.ms = T0 + 20_000
+    feed(p, link, board.batch_from([(T0 + 1000 * i, m) for i in range(1, 11)]))
+    seqs = [s for (s,) in p.storage.db.execute("SELECT seq FROM samples ORDER BY seq")]
+    assert seqs == list(range(1, 11)) and board.pending() == []  # released by the ack
+    assert p.storage.db.execute("SELECT max(ts_ms) FROM samples").fetchone()[0] == T0 + 10_000
