@@ -215,7 +215,11 @@ class MqttBoard:
             c.publish(self.base + leaf, frame, qos=1, retain=leaf == "birth")
 
     def send_sample(self, **kw: Any) -> None:
-        frame = self.board.sample(**kw)
+        self.publish_frame(self.board.sample(**kw))
+
+    def publish_frame(self, frame: bytes) -> None:
+        """A stored frame (sample or batch) out now if connected; else it waits in the store
+        for the re-send after the next connect, as on the board."""
         if self.client.is_connected():
             self.client.publish(self.base + "data", frame, qos=1)
         else:
