@@ -121,7 +121,8 @@ class PyBoard:
         t0 = rows[0][0]
         with self.lock:
             f = self._frame("batch", {
-                "n_samples": len(rows), "n_probes": self.profile.n_probes, "n_cells": self.profile.n_cells,
+                "n_samples": len(rows), "n_probes": self.profile.n_probes,
+                "n_cells": self.profile.n_cells,
                 "samples": [{"dt_ms": ts - t0, **_measurement(m)} for ts, m in rows]}, t0)
             self.sample_seqs += range(f["seq"], f["seq"] + len(rows))
             self.seq += len(rows) - 1  # a batch uses one seq per sample
