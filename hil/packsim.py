@@ -287,10 +287,11 @@ def _sample_markers() -> dict[str, tuple[int, int, int, int]]:
 MARKERS = _sample_markers()
 
 
-def _to_int(x: np.ndarray, scale: float, name: str, nan_marker: int | None = None) -> np.ndarray:
+def _to_int(x: np.ndarray, scale: float, name: str) -> np.ndarray:
+    """Wire integers of a field: rounded, clamped below its markers, NaN -> INVALID."""
     lo, hi, _, invalid = MARKERS[name]
     v = np.clip(np.rint(np.nan_to_num(x * scale, nan=0.0)), lo, hi).astype(np.int64)
-    return np.where(np.isnan(x), invalid if nan_marker is None else nan_marker, v)
+    return np.where(np.isnan(x), invalid, v)
 
 
 @dataclass
