@@ -10,7 +10,11 @@ NODE_STAMP := node_modules/.installed
 STUBS_DIR   := $(VENV)/micropython-stubs
 STUBS_STAMP := $(STUBS_DIR)/.installed
 
-.PHONY: test lint generate prereqs clean typecheck firmware
+.PHONY: demo test lint generate prereqs clean typecheck firmware
+
+# A simulated depot through the real daemon, in compressed time; ends by itself (~3 min).
+demo: prereqs $(PY_STAMP) $(NODE_STAMP)
+	$(VENV)/bin/packsentry demo
 
 test: prereqs $(PY_STAMP) $(STUBS_STAMP) $(NODE_STAMP)
 	$(VENV)/bin/ruff check .
@@ -59,4 +63,4 @@ $(NODE_STAMP): package.json package-lock.json
 	@touch $@
 
 clean:
-	rm -rf $(VENV) node_modules .pytest_cache .ruff_cache .hypothesis *.egg-info
+	rm -rf $(VENV) node_modules .pytest_cache .ruff_cache .hypothesis *.egg-info packsentry-demo

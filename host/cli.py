@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
+from packsentry.hil import demo
 from packsentry.protocol import cli as protocol_cli
 
 from . import board, operator_cli
@@ -18,6 +19,7 @@ def build_parser() -> argparse.ArgumentParser:
     protocol_cli.add_parsers(sub)
     board.add_parsers(sub)
     operator_cli.add_parsers(sub)
+    demo.add_parsers(sub)
     return parser
 
 
