@@ -2,9 +2,11 @@
 // Run a MicroPython script in the official MicroPython WebAssembly port (npm package
 // @micropython/micropython-webassembly-pyscript, pinned in package.json).
 //
-//   node hil/mpvm.mjs [--heap BYTES] [--file HOST=VM ...] [--dir HOST=VM ...] SCRIPT.py|-
+//   node hil/mpvm.mjs [--heap BYTES] [--speed N] [--file HOST=VM ...] [--dir HOST=VM ...]
+//                     SCRIPT.py|-
 //
 // --heap BYTES   GC heap size, default 131072 (an ESP32 without PSRAM has about that free).
+// --speed N      time compression: the script lives N times faster than the world (see below).
 // --file H=V     copy host file H to the absolute VM path V (parent directories are created).
 // --dir H=V      copy host directory H recursively to VM directory V (skipping __pycache__)
 //                and put V on sys.path, after '' and before '.frozen' like the board's root.
@@ -41,6 +43,22 @@
 //   Python, which needs no allocation. Hence the first traceback frame, "<mpvm>". A MemoryError
 //   escaping asyncio's own loop with a full heap can still hang; callers need a timeout.
 //
+// Time compression (--speed N, default 1: untouched). The port reads every clock through
+// Date.now() (time.ticks_ms() is Date.now() minus the epoch taken at load, time.time() is
+// Date.now()), and asyncio sleeps by js.setTimeout(), looked up on globalThis at each call. So
+// both are replaced before the port loads: Date.now() runs N times faster than the real clock
+// (from the real time at start, so it stays a plausible epoch), and setTimeout() waits 1/N of
+// the delay asked. asyncio.sleep_ms(1000) then takes 1000/N ms of real time while ticks_ms()
+// advances by 1000. Everything else runs at real speed, so the script's own computing costs N
+// times more of its time than it would uncompressed: a loop that does not keep up at N shows
+// it in its own lateness. Node's timers have a 1 ms resolution (real), so at speed N a sleep
+// ends up to about N ms (of script time) late; the port's loop re-checks its deadlines, so
+// none ends early. globalThis.mpvmClock tells the script where it stands:
+//   speed          the factor in force
+//   realMs()       the real clock (epoch ms), whatever the factor
+//   setSpeed(n)    change the factor from now on; the script's clock stays continuous
+// Time in Node's own I/O (sockets, the net bridge) is real.
+//
 // TCP: globalThis.mpvmNet is a small bridge to Node's `net`, reached from Python with
 // `import js; js.mpvmNet...` (hil/vboard/socket.py wraps it as usocket). Client sockets only;
 // each id has its own receive buffer, filled by Node between the script's sleeps. Bytes cross
@@ -49,14 +67,147 @@
 //   error(id) -> errno or 0        write(id, hex) -> bytes accepted (all of them)
 //   read(id, max) -> hex of up to max bytes, or null if none are buffered
 //   close(id)   (FIN)              reset(id)   (RST: the peer sees the connection drop)
+//   timeSync(id, framing, spec)    see below
+//
+// Host time in a compressed VM: a host's time_sync command carries the host's clock, which
+// is not compressed; a board that took it would jump back by all the time compressed so far
+// (and its later frames would look older than those before). timeSync(id, framing, spec)
+// makes the bridge rewrite every unsigned time_sync frame arriving on connection id so that
+// it carries the script's clock at the moment the script reads it, CRC recomputed; everything
+// else passes untouched. framing "mqtt": the frame is the payload of an MQTT PUBLISH; "cobs":
+// COBS frames with a 0x00 delimiter (a serial stream). spec (JSON) is the frame layout:
+// {header_size, off_msg_type, off_flags, off_payload_len, flag_signed, msg_time_sync,
+//  time_sync_size, crc_len}, as the firmware's wire.py has it. Bytes of an incomplete packet
+// are held back until it is complete. A signed time_sync is passed as it is (re-signing
+// needs the board's key): give virtual boards in compressed time no key.
 
 import { readFileSync, readdirSync, statSync } from "node:fs";
 import net from "node:net";
 import path from "node:path";
+import zlib from "node:zlib";
 import { loadMicroPython } from "@micropython/micropython-webassembly-pyscript";
 
 const ERRNO = { ECONNREFUSED: 111, ECONNRESET: 104, EPIPE: 32, ETIMEDOUT: 110,
   EHOSTUNREACH: 113, ENETUNREACH: 101, ECONNABORTED: 103, ENOTFOUND: 202 };
+
+function cobsDecode(enc) {
+  const out = [];
+  for (let i = 0; i < enc.length;) {
+    const code = enc[i++];
+    if (code === 0) return null;
+    for (let j = 1; j < code; j++) {
+      if (i >= enc.length) return null;
+      out.push(enc[i++]);
+    }
+    if (code < 0xff && i < enc.length) out.push(0);
+  }
+  return Buffer.from(out);
+}
+
+function cobsEncode(data) {
+  const out = [0];
+  let codeAt = 0;
+  let code = 1;
+  for (const b of data) {
+    if (b === 0) {
+      out[codeAt] = code;
+      codeAt = out.length;
+      out.push(0);
+      code = 1;
+    } else {
+      out.push(b);
+      if (++code === 0xff) {
+        out[codeAt] = code;
+        codeAt = out.length;
+        out.push(0);
+        code = 1;
+      }
+    }
+  }
+  out[codeAt] = code;
+  return Buffer.from(out);
+}
+
+// Splits a received byte stream into packets ("mqtt" or "cobs" framing) and gives each time
+// sync frame the script's clock as the script takes it (see timeSync in the header).
+class TimeSyncRewriter {
+  constructor(framing, spec) {
+    if (framing !== "mqtt" && framing !== "cobs") throw new Error(`framing ${framing}?`);
+    this.framing = framing;
+    this.spec = spec;
+    this.rest = Buffer.alloc(0); // an incomplete packet
+    this.ready = []; // [{buf, frameAt, frameLen}] complete packets, oldest first
+    this.rewritten = 0;
+  }
+
+  push(data) {
+    let buf = this.rest.length ? Buffer.concat([this.rest, data]) : data;
+    for (;;) {
+      const n = this.framing === "cobs" ? buf.indexOf(0) + 1 : this.mqttLength(buf);
+      if (n <= 0) break;
+      this.ready.push(this.inspect(buf.subarray(0, n)));
+      buf = buf.subarray(n);
+    }
+    this.rest = Buffer.from(buf); // a copy: the socket's chunk is not ours to keep
+  }
+
+  mqttLength(buf) { // whole packet length, or 0 while incomplete
+    let len = 0;
+    for (let i = 1; i <= 4; i++) {
+      if (i >= buf.length) return 0;
+      len += (buf[i] & 0x7f) * 128 ** (i - 1);
+      if (!(buf[i] & 0x80)) return buf.length >= 1 + i + len ? 1 + i + len : 0;
+    }
+    return buf.length; // malformed length: pass it all on, the client will complain
+  }
+
+  inspect(pkt) {
+    const p = { buf: pkt, frameAt: -1 };
+    if (this.framing === "cobs") {
+      p.frameAt = 0; // decoded when taken
+      return p;
+    }
+    if (pkt[0] >> 4 !== 3) return p; // not a PUBLISH
+    let i = 1;
+    while (pkt[i] & 0x80) i++;
+    i += 1;
+    i += 2 + pkt.readUInt16BE(i); // topic
+    if ((pkt[0] >> 1) & 3) i += 2; // packet id (QoS > 0)
+    p.frameAt = i;
+    return p;
+  }
+
+  isTimeSync(f) {
+    const s = this.spec;
+    return f.length === s.header_size + s.time_sync_size + s.crc_len
+      && f[s.off_msg_type] === s.msg_time_sync
+      && !(f.readUInt16LE(s.off_flags) & s.flag_signed)
+      && f.readUInt16LE(s.off_payload_len) === s.time_sync_size;
+  }
+
+  fix(p) { // at take time: the script's clock now
+    const s = this.spec;
+    p.fixed = true;
+    const frame = this.framing === "cobs" ? cobsDecode(p.buf.subarray(0, p.buf.length - 1))
+      : p.buf.subarray(p.frameAt);
+    if (frame === null || !this.isTimeSync(frame)) return;
+    frame.writeBigUInt64LE(BigInt(Date.now()), s.header_size);
+    const end = s.header_size + s.time_sync_size;
+    frame.writeUInt32LE(zlib.crc32(frame.subarray(0, end)), end);
+    if (this.framing === "cobs") p.buf = Buffer.concat([cobsEncode(frame), Buffer.from([0])]);
+    this.rewritten++;
+  }
+
+  take(max) {
+    if (this.ready.length === 0) return null;
+    const p = this.ready[0];
+    if (p.frameAt >= 0 && !p.fixed) this.fix(p);
+    const out = p.buf.subarray(0, max);
+    if (out.length < p.buf.length) p.buf = p.buf.subarray(out.length);
+    else this.ready.shift();
+    return out;
+  }
+}
 
 function netBridge() {
   const conns = new Map();
@@ -72,7 +223,10 @@ function netBridge() {
       const c = { sock: net.connect({ host, port }), state: 0, error: 0, chunks: [] };
       c.sock.setNoDelay(true);
       c.sock.on("connect", () => { c.state = 1; });
-      c.sock.on("data", (d) => { c.chunks.push(d); });
+      c.sock.on("data", (d) => {
+        if (c.rewriter) c.rewriter.push(d);
+        else c.chunks.push(d);
+      });
       c.sock.on("error", (e) => { c.error ||= ERRNO[e.code] ?? 5; }); // 5: EIO
       c.sock.on("close", () => { c.state = 2; });
       conns.set(id, c);
@@ -89,12 +243,19 @@ function netBridge() {
     },
     read(id, max) {
       const c = get(id);
+      if (c.rewriter) return c.rewriter.take(max)?.toString("hex") ?? null;
       if (c.chunks.length === 0) return null;
       const all = c.chunks.length === 1 ? c.chunks[0] : Buffer.concat(c.chunks);
       const out = all.subarray(0, max);
       c.chunks = out.length < all.length ? [all.subarray(out.length)] : [];
       return out.toString("hex");
     },
+    timeSync(id, framing, spec) {
+      const c = get(id);
+      c.rewriter = new TimeSyncRewriter(framing, JSON.parse(spec));
+      for (const d of c.chunks.splice(0)) c.rewriter.push(d);
+    },
+    rewritten: (id) => get(id).rewriter?.rewritten ?? 0,
     close(id) {
       const c = conns.get(id);
       if (c !== undefined) c.sock.end(); // queued writes first, then FIN
@@ -110,7 +271,9 @@ function netBridge() {
 
 const DEFAULT_HEAP = 131072;
 const MIN_HEAP = 16384; // less fails in MicroPython's own start-up
-const USAGE = "usage: node hil/mpvm.mjs [--heap BYTES] [--file|--dir HOST=VM ...] SCRIPT.py|-";
+const USAGE = "usage: node hil/mpvm.mjs [--heap BYTES] [--speed N] [--file|--dir HOST=VM ...] "
+  + "SCRIPT.py|-";
+const MAX_SPEED = 100_000; // beyond, one real millisecond is minutes of script time
 
 function fail(message) {
   process.stderr.write(`mpvm: ${message}\n${USAGE}\n`);
@@ -118,12 +281,18 @@ function fail(message) {
 }
 
 function parseArgs(argv) {
-  const opts = { heap: DEFAULT_HEAP, copies: [], script: null };
+  const opts = { heap: DEFAULT_HEAP, speed: 1, cpu: null, copies: [], script: null };
   for (let i = 0; i < argv.length; i++) {
     const arg = argv[i];
-    if (arg === "--heap" || arg === "--file" || arg === "--dir") {
+    if (["--heap", "--speed", "--cpu", "--file", "--dir"].includes(arg)) {
       const value = argv[++i];
       if (value === undefined) fail(`${arg} needs a value`);
+      if (arg === "--speed" || arg === "--cpu") {
+        const n = Number(value);
+        if (!(n > 0 && n <= MAX_SPEED)) fail(`${arg} must be a number above 0, at most ${MAX_SPEED}`);
+        opts[arg.slice(2)] = n;
+        continue;
+      }
       if (arg === "--heap") {
         opts.heap = Number(value);
         if (!Number.isInteger(opts.heap) || opts.heap < MIN_HEAP) {
@@ -157,6 +326,90 @@ function fixGcHeap(binary) {
   }
   bytes[at + 6] = 0x80; // the constant becomes 0: never add a GC heap area
   return bytes;
+}
+
+// See "Time compression" above. Installed before the port loads: it takes its epoch then.
+// The script's clock runs at `speed` while the script waits and at `cpu` while it computes.
+function compressTime(speed, cpu) {
+  const realNow = Date.now;
+  const realSetTimeout = globalThis.setTimeout;
+  const realClearTimeout = globalThis.clearTimeout;
+  let anchorReal = performance.now(); // real ms (monotonic) ...
+  let anchorScript = realNow.call(Date); // ... and the script's epoch ms there
+  let rate = cpu; // the script's ms per real ms now: it starts by loading, i.e. computing
+  let seen = 0; // the latest time the script was told: its clock never goes back
+  let snapped = 0; // script ms taken out by ending sleeps on their deadline (see fire)
+  const scriptNow = () => anchorScript + (performance.now() - anchorReal) * rate;
+  const anchor = (newRate, at = scriptNow()) => {
+    anchorScript = at;
+    anchorReal = performance.now();
+    rate = newRate;
+  };
+  const clock = {
+    speed,
+    cpu,
+    realMs: () => realNow.call(Date),
+    snappedMs: () => snapped,
+    setSpeed(n, c = Math.min(n, clock.cpu)) {
+      for (const v of [n, c]) {
+        if (!(v > 0 && v <= MAX_SPEED)) throw new RangeError(`speed ${v} out of range`);
+      }
+      [clock.speed, clock.cpu] = [n, c];
+      anchor(rate === speed ? n : c);
+      [speed, cpu] = [n, c];
+    },
+    idle: () => anchor(speed), // the script's top level has handed over to its timers
+  };
+  Date.now = () => {
+    const t = Math.floor(scriptNow());
+    if (t > seen) seen = t;
+    return seen;
+  };
+  // A timer wakes up to EARLY_MS (real) before its deadline and blocks for the rest
+  // (Atomics.wait: a futex, no spinning): Node's own timers have 1 ms steps, which at speed N
+  // would be N ms of the script's time. Its callback then starts exactly on the deadline:
+  // whatever lateness is left (the wait's own cost, the process not being scheduled) is
+  // taken off the script's clock, since the script was idle meanwhile. The callback (the
+  // script's asyncio loop) runs at the compute rate.
+  const gate = new Int32Array(new SharedArrayBuffer(4));
+  const EARLY_MS = 1.5;
+  const WAIT_COST_MS = 0.06; // Atomics.wait returns about this late
+  const arm = (fire, realMs) => (realMs >= 1 ? realSetTimeout(fire, Math.floor(realMs))
+    : setImmediate(fire));
+  globalThis.setTimeout = (fn, ms, ...args) => {
+    const due = scriptNow() + Math.max(0, Number(ms) || 0);
+    const handle = { timer: null, cancelled: false };
+    const fire = () => {
+      if (handle.cancelled) return;
+      const left = (due - scriptNow()) / rate; // real ms
+      if (left > EARLY_MS + 1) { // woken early (the rate changed): wait again
+        handle.timer = arm(fire, left - EARLY_MS);
+        return;
+      }
+      if (left > WAIT_COST_MS) Atomics.wait(gate, 0, 0, left - WAIT_COST_MS);
+      const start = Math.max(due, seen);
+      snapped += Math.max(0, scriptNow() - start);
+      anchor(cpu, start);
+      try {
+        fn(...args);
+      } finally {
+        anchor(speed);
+      }
+    };
+    // scheduled while computing: the wait itself passes at the idle rate
+    handle.timer = arm(fire, (due - scriptNow()) / speed - EARLY_MS);
+    return handle;
+  };
+  globalThis.clearTimeout = (handle) => {
+    if (handle === null || typeof handle !== "object" || !("cancelled" in handle)) {
+      realClearTimeout(handle);
+      return;
+    }
+    handle.cancelled = true;
+    realClearTimeout(handle.timer);
+    clearImmediate(handle.timer);
+  };
+  globalThis.mpvmClock = clock;
 }
 
 const instantiate = WebAssembly.instantiate;
@@ -245,6 +498,12 @@ try {
   fail(`cannot read ${opts.script}: ${e.message}`);
 }
 globalThis.mpvmNet = netBridge();
+if (opts.speed !== 1 || opts.cpu !== null) {
+  compressTime(opts.speed, opts.cpu ?? opts.speed);
+} else {
+  globalThis.mpvmClock = { speed: 1, cpu: 1, realMs: () => Date.now(), snappedMs: () => 0,
+    idle() {}, setSpeed() { throw new Error("start the VM with --speed to change it"); } };
+}
 const mp = await loadMicroPython({
   heapsize: opts.heap,
   linebuffer: false, // called once per byte: pass each on at once
@@ -269,6 +528,7 @@ const name = opts.script === "-" ? "<stdin>" : opts.script;
 const dirs = opts.copies.filter((c) => c.kind === "dir" && c.vm !== "/").map((c) => c.vm);
 const args = [SCRIPT_VM_PATH, name, dirs].map((a) => JSON.stringify(a)).join(", ");
 mp.runPythonAsync(`_mpvm_run(${args})`);
+globalThis.mpvmClock.idle();
 if (mp.globals.get("_mpvm_pending")) await awaitMain();
 // stdout/stderr writes to pipes and files are synchronous in Node, so nothing is lost here.
 process.exit(mp.globals.get("_mpvm_status"));

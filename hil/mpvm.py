@@ -75,6 +75,15 @@ def _vm_path(path: str) -> str:
     return path
 
 
+def clock_args(speed: float = 1.0, cpu: float | None = None) -> list[str]:
+    """hil/mpvm.mjs options for time compression (none at real time)."""
+    if speed <= 0 or (cpu is not None and cpu <= 0):
+        raise ValueError(f"speed and cpu must be above 0, not {speed} and {cpu}")
+    if speed == 1 and cpu is None:
+        return []
+    return ["--speed", f"{speed:g}"] + ([] if cpu is None else ["--cpu", f"{cpu:g}"])
+
+
 def run_micropython(
     script: str,
     *,
@@ -82,6 +91,8 @@ def run_micropython(
     dirs: Mapping[str, Path] | None = None,
     heap_bytes: int = DEFAULT_HEAP_BYTES,
     timeout_s: float = 60.0,
+    speed: float = 1.0,
+    cpu: float | None = None,
 ) -> MicroPythonResult:
     """Run ``script`` as ``__main__`` in a fresh VM.
 
@@ -90,11 +101,14 @@ def run_micropython(
     cwd) and ``/lib`` are importable too.
     A script that raises gives returncode 1 and its traceback in stderr. A script still running
     after ``timeout_s`` is killed and raises MicroPythonTimeout.
+    ``speed`` compresses time: the script's clock and sleeps run that many times faster than
+    real time, and its computing costs ``cpu`` (default: ``speed``) times its real duration of
+    the script's time (hil/mpvm.mjs, "Time compression").
     """
     node = find_node()
     check_package()
     with tempfile.TemporaryDirectory(prefix="mpvm-") as tmp:
-        args = [node, str(RUNNER), "--heap", str(heap_bytes)]
+        args = [node, str(RUNNER), "--heap", str(heap_bytes), *clock_args(speed, cpu)]
         for i, (vm, content) in enumerate((files or {}).items()):
             if isinstance(content, bytes):
                 host = Path(tmp, str(i))
