@@ -157,6 +157,11 @@ class ReplayResult:
 # -- the replay --------------------------------------------------------------------------------
 
 
+class ReplayError(Exception):
+    """The pipeline cannot go on with the trace (the daemon would stop on it too)."""
+
+
+
 def replay(path: str | Path, *, db: str | Path | None = None,
            keys: dict[int, bytes] | None = None, settings: AlarmSettings | None = None,
            gap_settle_s: float = _DEFAULTS.gap_settle_s,
@@ -280,7 +285,12 @@ class _Replay:
     def _process(self, batch: list[Inbound], done: int) -> None:
         self.now_ms = max(self.now_ms, max(item.rx_ms for item in batch))
         self._pace(self.now_ms)
-        self.processor.process(batch)
+        try:
+            self.processor.process(batch)
+        except ValueError as exc:  # e.g. a birth the alarm engine refuses: the daemon stops too
+            raise ReplayError(f"records {done - len(batch) + 1}..{done} (received up to "
+                              f"{self.now_ms} ms): the daemon's pipeline fails on them: "
+                              f"{exc}") from None
         if self.progress is not None:
             self.progress(done, len(self.records))
 
@@ -429,8 +439,9 @@ def cmd_replay(args: argparse.Namespace) -> int:
     try:
         result = replay(args.file, db=args.db, keys=keys, batch_s=args.batch_s,
                         speed=args.speed, progress=bar, **kw)
-    except TraceError as exc:
-        raise UsageError(str(exc)) from None
+    except (TraceError, ReplayError) as exc:
+        raise UsageError(f"{args.file}: {exc}" if isinstance(exc, ReplayError) else str(exc)) \
+            from None
     finally:
         if bar is not None:
             bar.close()
