@@ -205,7 +205,8 @@ class _Replay:
         self.events: list[AlarmEvent] = []
         self.processor = Processor(storage, AlarmEngine(settings), keys=keys,
                                    gap_settle_s=gap_settle_s, estimate_every_s=estimate_every_s,
-                                   notify=self.events.extend, clock_ms=lambda: self.now_ms)
+                                   notify=self.events.extend, clock_ms=lambda: self.now_ms,
+                                   state_every_ms=1 << 62)  # nothing resumes a replay
         self.heard_ms: dict[int, int] = {}  # board -> newest of receive and board time
         self.wall_start = time.perf_counter()
 

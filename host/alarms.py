@@ -537,9 +537,10 @@ class AlarmEngine:
         # "not measured yet", for up to two measurement periods
         grace = (not b.riso_seen and b.first_sample_ms is not None
                  and ts_ms - b.first_sample_ms < 2 * p.riso_period_ms)
+        fitted = p.riso_period_ms > 0  # a birth with period 0: no insulation monitor fitted
         for i, name in enumerate(("riso_pos_kohm", "riso_neg_kohm")):
             v = m.get(name)
-            if not (grace and v == _MARKERS[name][1]):
+            if not ((grace or not fitted) and v == _MARKERS[name][1]):
                 check(name, v, f"insulation {text.SIDES[i]}", i)
         for i, v in enumerate(m.get("temps_dc", ())):
             check("temps_dc", v, "probe", i)

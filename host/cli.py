@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from packsentry.hil import demo
+from packsentry.hil import capture, demo, replay, trace_cli
 from packsentry.protocol import cli as protocol_cli
 
 from . import board, operator_cli
@@ -19,6 +19,9 @@ def build_parser() -> argparse.ArgumentParser:
     protocol_cli.add_parsers(sub)
     board.add_parsers(sub)
     operator_cli.add_parsers(sub)
+    capture.add_parsers(sub)
+    trace_cli.add_parsers(sub)
+    replay.add_parsers(sub)
     demo.add_parsers(sub)
     return parser
 

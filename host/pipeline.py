@@ -46,7 +46,7 @@ U32_MARK = 0xFFFF_FFFE
 I32_MARK = 0x7FFF_FFFE
 NO_CELL = 0xFFFF  # probe_cell: probe not on a cell
 
-STATE_EVERY_MS = 10_000  # estimator and alarm state saved at least this often
+STATE_EVERY_MS = 10_000  # estimator and alarm state saved at least this often (default)
 TIME_SYNC_EVERY_MS = 3_600_000
 REBIRTH_EVERY_MS = 10_000  # at most one re-send request per board this often
 ACK_EVERY_MS = 500
@@ -101,7 +101,8 @@ class Processor:
     def __init__(self, storage: Storage, engine: AlarmEngine, *, keys: dict[int, bytes],
                  gap_settle_s: float = 30.0, estimate_every_s: float = 600.0,
                  notify: Callable[[list[AlarmEvent]], None] | None = None,
-                 clock_ms: Callable[[], int] = now_ms) -> None:
+                 clock_ms: Callable[[], int] = now_ms,
+                 state_every_ms: int = STATE_EVERY_MS) -> None:
         self.storage = storage
         self.engine = engine
         self.verifier = Verifier(keys, replay_window=None)  # dedupe is delivery's, on commits
@@ -112,6 +113,7 @@ class Processor:
         self.estimate_every_ms = int(estimate_every_s * 1000)
         self.notify = notify
         self.clock_ms = clock_ms
+        self.state_every_ms = state_every_ms  # a replay saves once at its end
         self.stats = Stats()
         self.boards: dict[int, BoardState] = {}
         self.soh = SohBank()
@@ -286,8 +288,11 @@ class Processor:
         bs.site = item.site
         b.board_fields.setdefault(bs.board_id, {}).update(row)
         if profile != bs.profile:
+            try:
+                self.engine.set_profile(profile)
+            except ValueError as exc:  # quarantined, not fatal: a retained birth comes back
+                raise BadValue(f"board {bs.board_id}: birth refused: {exc}") from None
             bs.profile = profile
-            self.engine.set_profile(profile)
             self._bind_units(bs)
             log.info("board %d: %s, %d cells in series, %.1f Ah, %d probes, %d cell voltages "
                      "(fw %s) via %s", bs.board_id, p["chemistry"], p["cells_series"],
@@ -397,7 +402,8 @@ class Processor:
             self._record_gaps(gap_changes, b, now)
             if b.events:
                 st.write_alarm_events(b.events, now)
-            if b.events or now - self._state_saved_ms >= STATE_EVERY_MS:
+            if (b.events and self.state_every_ms <= STATE_EVERY_MS) or \
+                    now - self._state_saved_ms >= self.state_every_ms:
                 self._save_state(now)
         self.stats.commits += 1
         for done in b.after:
@@ -490,7 +496,8 @@ class Processor:
                 self.storage.finish_action(i, result, now)
             if events:
                 self.storage.write_alarm_events(events, now)
-            if events or results or now - self._state_saved_ms >= STATE_EVERY_MS:
+            if results or (events and self.state_every_ms <= STATE_EVERY_MS) or \
+                    now - self._state_saved_ms >= self.state_every_ms:
                 self._save_state(now)
         for bs, what in b.commands:
             self._command(bs, what)

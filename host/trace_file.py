@@ -7,7 +7,8 @@
 COBS framing makes the format append-safe: a writer killed mid-record leaves a tail with no
 0x00 delimiter, which a reader skips (and a later append starts after a delimiter, so the torn
 bytes cost that one record). Frames keep their own CRC, so a damaged record is reported by the
-frame check, not silently used. One record per frame: about 3 % over the raw frames.
+frame check, not silently used. One record per frame: 11 bytes plus the site name over the
+raw frame (14 bytes with site "lab": 16 % on an 86-byte 16-cell sample).
 """
 
 from __future__ import annotations

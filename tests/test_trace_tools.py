@@ -4,7 +4,6 @@ acceptance 4) and NASA B0005 through from-csv + replay (acceptance 3)."""
 
 from __future__ import annotations
 
-import argparse
 import csv
 import fcntl
 import itertools
@@ -25,55 +24,28 @@ import paho.mqtt.client as mqtt
 import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
-from packsentry.hil import capture, replay, trace_cli
+from packsentry.hil import trace_cli
 from packsentry.hil.model_board import PyBoard
 from packsentry.host import soh_report
+from packsentry.host.cli import main
 from packsentry.host.trace_file import TraceError, TraceRecord, TraceWriter
 from packsentry.host.trace_file import read as read_trace
 from packsentry.protocol import codec
-from packsentry.protocol.cli import UsageError
 from packsentry.protocol.stream import FrameReader, encode_stream_frame
 
 ROOT = Path(__file__).resolve().parent.parent
 T0 = 1_790_000_000_000
 
-# host/cli.py's main for the three modules (until it registers them), for a subprocess
-_MAIN = """
-import argparse, sys
-from packsentry.hil import capture, replay, trace_cli
-from packsentry.protocol.cli import UsageError
-p = argparse.ArgumentParser(prog="packsentry")
-sub = p.add_subparsers(dest="command", required=True)
-for m in (capture, trace_cli, replay):
-    m.add_parsers(sub)
-args = p.parse_args()
-try:
-    sys.exit(args.func(args))
-except UsageError as exc:
-    print(f"packsentry {args.command}: {exc}", file=sys.stderr)
-    sys.exit(2)
-"""
-
-
 def cli(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
-    """Like host/cli.main: a UsageError is one line on stderr and exit status 2."""
-    p = argparse.ArgumentParser(prog="packsentry")
-    sub = p.add_subparsers(dest="command", required=True)
-    for m in (capture, trace_cli, replay):
-        m.add_parsers(sub)
-    args = p.parse_args(list(argv))
-    try:
-        rc = args.func(args)
-    except UsageError as exc:
-        print(f"packsentry {args.command}: {exc}", file=sys.stderr)
-        rc = 2
+    """The packsentry command in-process: (exit status, stdout, stderr)."""
+    rc = main(list(argv))
     out, err = capsys.readouterr()
     return rc, out, err
 
 
 def spawn(*argv: str) -> subprocess.Popen[str]:
-    return subprocess.Popen([sys.executable, "-c", _MAIN, *argv], cwd=ROOT, text=True,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    return subprocess.Popen([sys.executable, "-m", "packsentry.host.cli", *argv], cwd=ROOT,
+                            text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
 
 
 def records(path: Path) -> tuple[list[TraceRecord], list[TraceError]]:
