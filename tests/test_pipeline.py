@@ -235,3 +235,12 @@ def test_batch_frames_store_one_row_per_sample(tmp_path: Path) -> None:
     assert seqs == board.sample_seqs and len(seqs) == 10
     assert seqs == list(range(seqs[0], seqs[0] + 10))
     assert p.storage.db.execute("SELECT max(ts_ms) FROM samples").fetchone()[0] == T0 + 10_000
+
+
+def test_a_birth_the_alarm_engine_refuses_is_quarantined(tmp_path: Path) -> None:
+    from packsentry.hil.model_board import Profile
+
+    p = make(tmp_path, Clock())
+    board = PyBoard(BOARD, profile=Profile(sample_period_ms=0))
+    feed(p, Recorder(), board.birth())
+    assert p.storage.rejected_by_reason() == {"bad_value": 1}
