@@ -93,14 +93,21 @@ class AlarmSettings:
     # -- derived ------------------------------------------------------------------------------
 
     def limit(self, chemistry: str, rule: str) -> limits.Limit | None:
-        """The table's row for this chemistry with the overrides applied (None: no row)."""
+        """The table's row for this chemistry with the overrides applied (None: no row).
+        Asked for every rule of every sample: computed once per (chemistry, rule)."""
+        cache: dict[tuple[str, str], limits.Limit | None] = self.__dict__.setdefault(
+            "_limit_cache", {})
+        key = (chemistry, rule)
+        if key in cache:
+            return cache[key]
         row = next((lim for lim in limits.limits_for(chemistry) if lim.rule == rule), None)
-        if row is None:
-            return None
-        levels = dict(row.levels)
-        levels.update(self.thresholds.get("all", {}).get(rule, {}))
-        levels.update(self.thresholds.get(chemistry, {}).get(rule, {}))
-        return dataclasses.replace(row, levels=levels) if levels != row.levels else row
+        if row is not None:
+            levels = dict(row.levels)
+            levels.update(self.thresholds.get("all", {}).get(rule, {}))
+            levels.update(self.thresholds.get(chemistry, {}).get(rule, {}))
+            row = dataclasses.replace(row, levels=levels) if levels != row.levels else row
+        cache[key] = row
+        return row
 
     def trend(self, rule: str) -> tuple[float, float, int, int]:
         """(bucket_s, window_s, min_points, confirm) of the trend on `rule`'s quantity."""

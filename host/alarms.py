@@ -648,10 +648,14 @@ class AlarmEngine:
         b.rising_since_ms = (b.rising_since_ms + [None] * n)[:n]
         b.rising_steps = (b.rising_steps + [0] * n)[:n]
         dt = t1 - t0
-        ref_mv = max((h[1] for h in b.hist if h[1] is not None
-                      and h[0] >= ts_ms - _DROP_WINDOW_MS), default=None)
-        drop_pct = ((ref_mv - pack_mv) * 100 / ref_mv
+        drop_pct: float | None = None  # computed only when a probe qualifies (rare)
+
+        def voltage_drop_pct() -> float:
+            ref_mv = max((h[1] for h in b.hist if h[1] is not None
+                          and h[0] >= ts_ms - _DROP_WINDOW_MS), default=None)
+            return ((ref_mv - pack_mv) * 100 / ref_mv
                     if ref_mv and pack_mv is not None else 0.0)
+
         hit: tuple[float, int, str] | None = None
         for i in range(n):
             t, r = temps[i], prev[i] if i < len(prev) else None
@@ -666,7 +670,9 @@ class AlarmEngine:
             assert since is not None and t is not None
             held = ts_ms - since >= hold_ms and b.rising_steps[i] >= 2
             hot = t >= p.max_temp_dc
-            dropped = drop_pct > lim.extra["voltage_drop_pct"]
+            if held and not hot and drop_pct is None:
+                drop_pct = voltage_drop_pct()
+            dropped = drop_pct is not None and drop_pct > lim.extra["voltage_drop_pct"]
             if held and (hot or dropped) and (hit is None or rate > hit[0]):
                 why = (f"{text.subject_name('probe', i, p.probe_cell)} at {t / 10:.1f} °C "
                        f"≥ profile max {p.max_temp_dc / 10:.1f} °C") if hot else (
