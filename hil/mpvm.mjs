@@ -7,6 +7,9 @@
 //
 // --heap BYTES   GC heap size, default 131072 (an ESP32 without PSRAM has about that free).
 // --speed N      time compression: the script lives N times faster than the world (see below).
+// --cpu K        with --speed: the script's computing costs K times its real duration of its
+//                time (default N). See "Time compression".
+// --epoch MS     with --speed: the script's clock starts at this epoch ms (default: now).
 // --file H=V     copy host file H to the absolute VM path V (parent directories are created).
 // --dir H=V      copy host directory H recursively to VM directory V (skipping __pycache__)
 //                and put V on sys.path, after '' and before '.frozen' like the board's root.
@@ -43,21 +46,38 @@
 //   Python, which needs no allocation. Hence the first traceback frame, "<mpvm>". A MemoryError
 //   escaping asyncio's own loop with a full heap can still hang; callers need a timeout.
 //
-// Time compression (--speed N, default 1: untouched). The port reads every clock through
-// Date.now() (time.ticks_ms() is Date.now() minus the epoch taken at load, time.time() is
-// Date.now()), and asyncio sleeps by js.setTimeout(), looked up on globalThis at each call. So
-// both are replaced before the port loads: Date.now() runs N times faster than the real clock
-// (from the real time at start, so it stays a plausible epoch), and setTimeout() waits 1/N of
-// the delay asked. asyncio.sleep_ms(1000) then takes 1000/N ms of real time while ticks_ms()
-// advances by 1000. Everything else runs at real speed, so the script's own computing costs N
-// times more of its time than it would uncompressed: a loop that does not keep up at N shows
-// it in its own lateness. Node's timers have a 1 ms resolution (real), so at speed N a sleep
-// ends up to about N ms (of script time) late; the port's loop re-checks its deadlines, so
-// none ends early. globalThis.mpvmClock tells the script where it stands:
-//   speed          the factor in force
-//   realMs()       the real clock (epoch ms), whatever the factor
-//   setSpeed(n)    change the factor from now on; the script's clock stays continuous
-// Time in Node's own I/O (sockets, the net bridge) is real.
+// Time compression (--speed N, --cpu K; neither given: untouched). The port reads every clock
+// through Date.now() (time.ticks_ms() is Date.now() minus the epoch taken at load, time.time()
+// is Date.now()), and asyncio sleeps by js.setTimeout(), looked up on globalThis at each call.
+// So both are replaced before the port loads. The script's clock then runs N times faster
+// than real time while the script waits, and K times faster while it computes (a timer's
+// callback, i.e. the script's asyncio loop, runs as computing; so does the script's start):
+// asyncio.sleep_ms(1000) takes 1000/N ms of real time and ticks_ms() advances by 1000, and
+// work that takes 0.2 ms of real time costs 0.2*K ms of the script's. K = N (the default) is
+// plain compression: everything N times faster, computing included, so a loop that does not
+// keep up at N shows it in its own lateness. A smaller K says how much slower the target CPU
+// is than this VM, whatever N (an ESP32 is roughly 10-30 times slower: an estimate).
+// Sleeps end on their deadline: a timer wakes up to 1.5 ms (real) early and blocks for the
+// rest in Atomics.wait (a futex: no spinning), since Node's own timers step in whole real
+// milliseconds, N ms of the script's time; what lateness is left (the wait's cost, the
+// process not being scheduled while the script was idle) is taken off the script's clock
+// (snappedMs). So the script's clock is not a function of real time, only paced by it:
+// ask the script (or the rig it reports to) what time it is. globalThis.mpvmClock:
+//   speed, cpu          the factors in force
+//   realMs()            the real clock (epoch ms), whatever the factors
+//   snappedMs()         script ms taken out by ending sleeps on their deadline
+//   setSpeed(n, k)      change the factors from now on; the script's clock stays continuous
+// Node's own I/O (sockets, the net bridge) runs in real time, so a peer's answer that takes
+// 1 ms of real time takes N ms of the script's, and a busy machine's 10 ms is 10 N ms: at
+// N = 3000, 30 s, which no MQTT client's response timeout survives. So on a connection marked
+// with mpvmNet.roundTrips(id), a write that asks for an answer (an MQTT CONNECT, SUBSCRIBE,
+// PINGREQ or QoS 1 PUBLISH) holds the script's clock while the script idles, until every
+// such request has its answer (CONNACK, SUBACK, PINGRESP, PUBACK), the connection closes, or
+// 100 ms of real time pass: for the script a round trip takes no time, as if its network
+// were much faster than its CPU (a slow network is a fault a rig injects, not an accident of
+// the host's load).
+// clock.heldMs() says how much real time was held. Real time is untouched at N = 1 without
+// --cpu; the tests of the firmware run that way.
 //
 // TCP: globalThis.mpvmNet is a small bridge to Node's `net`, reached from Python with
 // `import js; js.mpvmNet...` (hil/vboard/socket.py wraps it as usocket). Client sockets only;
@@ -68,6 +88,7 @@
 //   read(id, max) -> hex of up to max bytes, or null if none are buffered
 //   close(id)   (FIN)              reset(id)   (RST: the peer sees the connection drop)
 //   timeSync(id, framing, spec)    see below
+//   roundTrips(id)                 see "Time compression": MQTT requests hold the clock
 //
 // Host time in a compressed VM: a host's time_sync command carries the host's clock, which
 // is not compressed; a board that took it would jump back by all the time compressed so far
@@ -146,6 +167,7 @@ class TimeSyncRewriter {
       const n = this.framing === "cobs" ? buf.indexOf(0) + 1 : this.mqttLength(buf);
       if (n <= 0) break;
       this.ready.push(this.inspect(buf.subarray(0, n)));
+      if (this.framing === "mqtt") this.onPacket?.(buf[0] >> 4);
       buf = buf.subarray(n);
     }
     this.rest = Buffer.from(buf); // a copy: the socket's chunk is not ours to keep
@@ -220,15 +242,21 @@ function netBridge() {
   return {
     connect(host, port) {
       const id = nextId++;
-      const c = { sock: net.connect({ host, port }), state: 0, error: 0, chunks: [] };
+      const c = { sock: net.connect({ host, port }), state: 0, error: 0, chunks: [],
+        awaiting: 0 }; // MQTT requests without their answer yet (roundTrips)
+      c.answered = (all = false) => {
+        c.awaiting = all ? 0 : Math.max(0, c.awaiting - 1);
+        if (c.awaiting === 0) globalThis.mpvmClock.release?.(id);
+      };
       c.sock.setNoDelay(true);
       c.sock.on("connect", () => { c.state = 1; });
       c.sock.on("data", (d) => {
         if (c.rewriter) c.rewriter.push(d);
         else c.chunks.push(d);
+        if (c.roundTrips && !c.rewriter) c.answered(true); // no packets seen: any bytes do
       });
       c.sock.on("error", (e) => { c.error ||= ERRNO[e.code] ?? 5; }); // 5: EIO
-      c.sock.on("close", () => { c.state = 2; });
+      c.sock.on("close", () => { c.state = 2; c.answered(true); });
       conns.set(id, c);
       return id;
     },
@@ -239,6 +267,13 @@ function netBridge() {
       if (c.state !== 1 || c.sock.destroyed) return 0;
       const data = Buffer.from(hex, "hex");
       c.sock.write(data);
+      // MQTT packets that ask for an answer: CONNECT, PUBLISH with QoS > 0, SUBSCRIBE, PINGREQ
+      const type = data[0] >> 4;
+      if (c.roundTrips && (type === 1 || type === 8 || type === 12
+          || (type === 3 && (data[0] & 0x06)))) {
+        c.awaiting++;
+        globalThis.mpvmClock.hold?.(id);
+      }
       return data.length;
     },
     read(id, max) {
@@ -253,9 +288,14 @@ function netBridge() {
     timeSync(id, framing, spec) {
       const c = get(id);
       c.rewriter = new TimeSyncRewriter(framing, JSON.parse(spec));
+      // the answers: CONNACK, PUBACK, SUBACK, PINGRESP
+      c.rewriter.onPacket = (t) => { if (c.roundTrips && [2, 4, 9, 13].includes(t)) c.answered(); };
       for (const d of c.chunks.splice(0)) c.rewriter.push(d);
     },
     rewritten: (id) => get(id).rewriter?.rewritten ?? 0,
+    roundTrips(id) {
+      get(id).roundTrips = true;
+    },
     close(id) {
       const c = conns.get(id);
       if (c !== undefined) c.sock.end(); // queued writes first, then FIN
@@ -281,12 +321,17 @@ function fail(message) {
 }
 
 function parseArgs(argv) {
-  const opts = { heap: DEFAULT_HEAP, speed: 1, cpu: null, copies: [], script: null };
+  const opts = { heap: DEFAULT_HEAP, speed: 1, cpu: null, epoch: null, copies: [], script: null };
   for (let i = 0; i < argv.length; i++) {
     const arg = argv[i];
-    if (["--heap", "--speed", "--cpu", "--file", "--dir"].includes(arg)) {
+    if (["--heap", "--speed", "--cpu", "--epoch", "--file", "--dir"].includes(arg)) {
       const value = argv[++i];
       if (value === undefined) fail(`${arg} needs a value`);
+      if (arg === "--epoch") {
+        opts.epoch = Number(value);
+        if (!Number.isSafeInteger(opts.epoch) || opts.epoch < 0) fail("--epoch wants epoch ms");
+        continue;
+      }
       if (arg === "--speed" || arg === "--cpu") {
         const n = Number(value);
         if (!(n > 0 && n <= MAX_SPEED)) fail(`${arg} must be a number above 0, at most ${MAX_SPEED}`);
@@ -330,15 +375,20 @@ function fixGcHeap(binary) {
 
 // See "Time compression" above. Installed before the port loads: it takes its epoch then.
 // The script's clock runs at `speed` while the script waits and at `cpu` while it computes.
-function compressTime(speed, cpu) {
+function compressTime(speed, cpu, epoch = null) {
   const realNow = Date.now;
   const realSetTimeout = globalThis.setTimeout;
   const realClearTimeout = globalThis.clearTimeout;
   let anchorReal = performance.now(); // real ms (monotonic) ...
-  let anchorScript = realNow.call(Date); // ... and the script's epoch ms there
+  let anchorScript = epoch ?? realNow.call(Date); // ... and the script's epoch ms there
   let rate = cpu; // the script's ms per real ms now: it starts by loading, i.e. computing
   let seen = 0; // the latest time the script was told: its clock never goes back
   let snapped = 0; // script ms taken out by ending sleeps on their deadline (see fire)
+  let computing = true;
+  const holds = new Map(); // connection id -> real-time cap timer: the clock is held
+  let heldSince = 0;
+  let held = 0; // real ms the clock stood still for round trips
+  const parked = []; // timers that came due while the clock was held
   const scriptNow = () => anchorScript + (performance.now() - anchorReal) * rate;
   const anchor = (newRate, at = scriptNow()) => {
     anchorScript = at;
@@ -355,10 +405,29 @@ function compressTime(speed, cpu) {
         if (!(v > 0 && v <= MAX_SPEED)) throw new RangeError(`speed ${v} out of range`);
       }
       [clock.speed, clock.cpu] = [n, c];
-      anchor(rate === speed ? n : c);
       [speed, cpu] = [n, c];
+      anchor(computing ? c : holds.size ? 0 : n);
     },
-    idle: () => anchor(speed), // the script's top level has handed over to its timers
+    heldMs: () => held,
+    idle() { // the script's top level has handed over to its timers
+      computing = false;
+      anchor(holds.size ? 0 : speed);
+    },
+    hold(id) {
+      if (holds.has(id)) return;
+      holds.set(id, realSetTimeout(() => clock.release(id), HOLD_MAX_MS));
+      if (holds.size === 1) heldSince = performance.now();
+      if (!computing) anchor(0);
+    },
+    release(id) {
+      if (!holds.has(id)) return;
+      realClearTimeout(holds.get(id));
+      holds.delete(id);
+      if (holds.size) return;
+      held += performance.now() - heldSince;
+      if (!computing) anchor(speed);
+      for (const fire of parked.splice(0)) fire();
+    },
   };
   Date.now = () => {
     const t = Math.floor(scriptNow());
@@ -374,6 +443,7 @@ function compressTime(speed, cpu) {
   const gate = new Int32Array(new SharedArrayBuffer(4));
   const EARLY_MS = 1.5;
   const WAIT_COST_MS = 0.06; // Atomics.wait returns about this late
+  const HOLD_MAX_MS = 100; // a peer that never answers (frozen) holds the clock no longer
   const arm = (fire, realMs) => (realMs >= 1 ? realSetTimeout(fire, Math.floor(realMs))
     : setImmediate(fire));
   globalThis.setTimeout = (fn, ms, ...args) => {
@@ -381,6 +451,10 @@ function compressTime(speed, cpu) {
     const handle = { timer: null, cancelled: false };
     const fire = () => {
       if (handle.cancelled) return;
+      if (holds.size) { // the clock stands still: go on when the round trip is done
+        parked.push(fire);
+        return;
+      }
       const left = (due - scriptNow()) / rate; // real ms
       if (left > EARLY_MS + 1) { // woken early (the rate changed): wait again
         handle.timer = arm(fire, left - EARLY_MS);
@@ -390,10 +464,12 @@ function compressTime(speed, cpu) {
       const start = Math.max(due, seen);
       snapped += Math.max(0, scriptNow() - start);
       anchor(cpu, start);
+      computing = true;
       try {
         fn(...args);
       } finally {
-        anchor(speed);
+        computing = false;
+        anchor(holds.size ? 0 : speed);
       }
     };
     // scheduled while computing: the wait itself passes at the idle rate
@@ -498,11 +574,12 @@ try {
   fail(`cannot read ${opts.script}: ${e.message}`);
 }
 globalThis.mpvmNet = netBridge();
-if (opts.speed !== 1 || opts.cpu !== null) {
-  compressTime(opts.speed, opts.cpu ?? opts.speed);
+if (opts.speed !== 1 || opts.cpu !== null || opts.epoch !== null) {
+  compressTime(opts.speed, opts.cpu ?? opts.speed, opts.epoch);
 } else {
   globalThis.mpvmClock = { speed: 1, cpu: 1, realMs: () => Date.now(), snappedMs: () => 0,
-    idle() {}, setSpeed() { throw new Error("start the VM with --speed to change it"); } };
+    heldMs: () => 0, idle() {},
+    setSpeed() { throw new Error("start the VM with --speed to change it"); } };
 }
 const mp = await loadMicroPython({
   heapsize: opts.heap,

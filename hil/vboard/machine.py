@@ -6,11 +6,15 @@ It runs inside the VM, next to the unchanged firmware. Only what the firmware us
 """
 
 import sys
+import time
 
 # ADC pin -> uV; I2C address -> register-map device; ADC pin -> (select pins, uV per channel)
-# for an analog multiplexer in front of that pin
-inputs = {"adc_uv": {}, "i2c": {}, "mux": {}}
-outputs = {"pins": {}, "wdt_feeds": 0, "reset": False}
+# for an analog multiplexer (or anything switched by output pins, such as the insulation
+# bridge) in front of that pin; input pin -> level (an input with PULL_UP reads 1 otherwise)
+inputs = {"adc_uv": {}, "i2c": {}, "mux": {}, "pins": {}}
+# wdt_late: feeds that came after the watchdog's timeout (on a board: a reset), and the longest
+# stretch without a feed (ms)
+outputs = {"pins": {}, "wdt_feeds": 0, "reset": False, "wdt_late": 0, "wdt_max_gap_ms": 0}
 
 
 class Pin:
@@ -20,12 +24,16 @@ class Pin:
 
     def __init__(self, pin_id, mode=IN, pull=None, value=None) -> None:
         self.id = pin_id
+        self.pull = pull
         if value is not None:
             self.value(value)
 
     def value(self, v=None):
         if v is None:
-            return outputs["pins"].get(self.id, 0)
+            level = outputs["pins"].get(self.id)
+            if level is None:  # not driven: what is wired to it, or its pull-up
+                level = inputs["pins"].get(self.id, 1 if self.pull == Pin.PULL_UP else 0)
+            return level
         outputs["pins"][self.id] = 1 if v else 0
         return None
 
@@ -76,19 +84,38 @@ class I2C:
 
 
 class UART:
-    """Bytes the firmware writes collect in `tx`; the rig feeds `rx`."""
+    """Bytes the firmware writes collect in `tx`; the rig feeds `rx`. Or, with `UART.wire` set
+    to a connected (non-blocking) socket, the line runs over it: the virtual board's launcher
+    connects it to the rig, which carries it to a pseudo-terminal. No baud rate is modelled."""
+
+    wire = None
 
     def __init__(self, uart_id=0, baudrate=115_200, **kw) -> None:
         self.tx = bytearray()
         self.rx = bytearray()
+        self.sock = UART.wire
+        self.chunk = bytearray(256) if self.sock is not None else None
         UART.last = self
 
     def write(self, buf, off=0, sz=None) -> int:
         end = len(buf) if sz is None else off + sz
-        self.tx += buf[off:end]
+        if self.sock is not None:
+            try:
+                self.sock.write(memoryview(buf)[off:end])  # takes all of it (Node buffers)
+            except OSError:
+                pass  # the rig's end is gone: bytes into nothing, as on an unplugged line
+        else:
+            self.tx += buf[off:end]
         return end - off
 
     def any(self) -> int:
+        if self.sock is not None and not self.rx:
+            try:
+                n = self.sock.readinto(self.chunk)
+            except OSError:
+                n = 0
+            if n:
+                self.rx = bytearray(self.chunk[:n])
         return len(self.rx)
 
     def readinto(self, buf, nbytes=None) -> int:
@@ -100,11 +127,33 @@ class UART:
 
 
 class WDT:
+    """Counts feeds; a feed later than `timeout` after the previous one (or the start) is
+    counted in outputs["wdt_late"]: on a board the watchdog would have reset it by then."""
+
+    last = None
+
     def __init__(self, id=0, timeout=5000) -> None:
         self.timeout = timeout
+        self.fed_ms = time.ticks_ms()
+        WDT.last = self
 
     def feed(self) -> None:
+        self._gap(time.ticks_ms())
         outputs["wdt_feeds"] += 1
+
+    def _gap(self, now) -> int:
+        """Record the stretch since the last feed (ends it at `now` too)."""
+        gap = time.ticks_diff(now, self.fed_ms)
+        self.fed_ms = now
+        if gap > outputs["wdt_max_gap_ms"]:
+            outputs["wdt_max_gap_ms"] = gap
+        if gap > self.timeout:
+            outputs["wdt_late"] += 1
+        return gap
+
+    def starving_ms(self) -> int:
+        """How long since the last feed, now (for the rig: a watchdog about to expire)."""
+        return time.ticks_diff(time.ticks_ms(), self.fed_ms)
 
 
 def reset() -> None:

@@ -14,6 +14,12 @@ use non-blocking sockets.
 
 `network.WLAN` (hil/vboard/network.py) gates new connections: with WiFi down, connect fails
 with EHOSTUNREACH.
+
+In a time-compressed VM, connections to a port listed in `time_sync` (port -> "mqtt" or
+"cobs") get host time syncs rewritten to the VM's clock (hil/mpvm.mjs, timeSync), with the
+frame layout in `time_sync_spec` (JSON); on ports in `round_trips` an MQTT request holds the
+compressed clock until the answer comes (mpvmNet.roundTrips). The virtual board's launcher
+sets all three.
 """
 
 import binascii
@@ -35,6 +41,9 @@ EHOSTUNREACH = 113
 ECONNRESET = 104
 
 _net = js.mpvmNet
+time_sync = {}  # port -> framing, for mpvmNet.timeSync
+time_sync_spec = None
+round_trips = set()  # ports whose MQTT requests hold a compressed clock (mpvmNet.roundTrips)
 
 
 def getaddrinfo(host, port, af=0, type=0, proto=0, flags=0):
@@ -63,6 +72,11 @@ class socket:  # usocket's name
         if not network.wifi_up():
             raise OSError(EHOSTUNREACH)
         self.id = _net.connect(addr[0], addr[1])
+        framing = time_sync.get(addr[1])
+        if framing is not None and time_sync_spec is not None:
+            _net.timeSync(self.id, framing, time_sync_spec)
+        if addr[1] in round_trips:
+            _net.roundTrips(self.id)
         if not self.blocking:
             raise OSError(EINPROGRESS)
         raise OSError(EINPROGRESS)  # no blocking connect here: see the module docstring
