@@ -28,6 +28,15 @@ from packsentry.host.ocv import CHEMISTRIES, OCV_V, chemistry_id, docv_dsoc, ocv
 
 STATE_VERSION = 1
 
+# How the kernels are compiled (measured with bench/soh.py; docs/performance.md):
+# - error_model="numpy": a float division is IEEE, not a Python ZeroDivisionError check and
+#   branch per division (no divisor here can be 0; NaN and inf propagate as before);
+# - fastmath, but only contraction to FMA, reciprocals and the sign of zero (-10 % time):
+#   results move in the last bits (the NASA figures agree to 1e-14); NaN and inf keep their
+#   meaning (no "nnan"/"ninf": the kernels test for NaN), nothing is reassociated.
+_JIT = {"cache": True, "nogil": True, "error_model": "numpy",
+        "fastmath": {"nsz", "arcp", "contract"}}
+
 # ---- chemistry parameters: CHEM_PARAMS[chem, CP_*], rows in ocv.CHEMISTRIES order ----------
 CP_R0_OHM_AH = 0  # prior R0 x rated Ah (ohm*Ah), only a starting point for the RLS
 CP_R1_RATIO = 1  # RC resistance R1 as a fraction of R0 (1-RC literature fits: 0.3-0.7)
@@ -163,27 +172,27 @@ N_F = 61
 _AWTLS_GRID = 64
 
 
-@njit(cache=True, nogil=True)
+@njit(**_JIT)
 def _arrhenius(ea_r_k: float, temp_c: float) -> float:
     """R(T) / R(25 degC)."""
     return math.exp(ea_r_k * (1.0 / (temp_c + 273.15) - 1.0 / 298.15))
 
 
-@njit(cache=True, nogil=True)
+@njit(**_JIT)
 def _awtls_cost(c: np.ndarray, q: float) -> float:
     q2 = q * q
     num = c[3] * q2 * q2 - 2.0 * c[4] * q2 * q + (c[0] + c[5]) * q2 - 2.0 * c[1] * q + c[2]
     return num / ((q2 + 1.0) * (q2 + 1.0))
 
 
-@njit(cache=True, nogil=True)
+@njit(**_JIT)
 def _awtls_poly(c: np.ndarray, q: float) -> float:
     # Its roots are the stationary points of the AWTLS cost.
     return ((((c[4] * q + (-c[0] + 2.0 * c[3] - c[5])) * q + (3.0 * c[1] - 3.0 * c[4])) * q
              + (c[0] - 2.0 * c[2] + c[5])) * q - c[1])
 
 
-@njit(cache=True, nogil=True)
+@njit(**_JIT)
 def _awtls_solve(c: np.ndarray, q_guess: float) -> tuple[float, float]:
     """Minimiser of the (pre-scaled) AWTLS cost near q_guess, and the cost's second
     derivative there (0 if no minimum was found). Scans a geometric grid for sign changes of
@@ -223,7 +232,7 @@ def _awtls_solve(c: np.ndarray, q_guess: float) -> tuple[float, float]:
     return q, h
 
 
-@njit(cache=True, nogil=True)
+@njit(**_JIT)
 def _forgetting(s: np.ndarray, cfg: np.ndarray, u: int, t: float) -> float:
     """Fading factor for the capacity memory: the capacity is a random walk whose variance
     grows per equivalent full cycle and per day since the last update; scaling the AWTLS
@@ -238,7 +247,7 @@ def _forgetting(s: np.ndarray, cfg: np.ndarray, u: int, t: float) -> float:
     return var_rel / (var_rel + growth)
 
 
-@njit(cache=True, nogil=True)
+@njit(**_JIT)
 def _trend_add(s: np.ndarray, u: int, base: int, gamma: float, x: float, y: float) -> None:
     s[base, u] = gamma * s[base, u] + 1.0
     s[base + 1, u] = gamma * s[base + 1, u] + x
@@ -248,7 +257,7 @@ def _trend_add(s: np.ndarray, u: int, base: int, gamma: float, x: float, y: floa
     s[base + 5, u] = gamma * s[base + 5, u] + y * y
 
 
-@njit(cache=True, nogil=True)
+@njit(**_JIT)
 def _capacity_changed(s: np.ndarray, cfg: np.ndarray, u: int, t: float) -> None:
     """Recompute the usable capacity after a pair or a full/empty event; feed the trend."""
     zf = s[F_ZF_S, u] / s[F_ZF_W, u]
@@ -272,7 +281,7 @@ def _capacity_changed(s: np.ndarray, cfg: np.ndarray, u: int, t: float) -> None:
     s[F_CAP_AH_DIS, u] = s[F_AH_DIS, u]
 
 
-@njit(cache=True, nogil=True)
+@njit(**_JIT)
 def _add_pair(s: np.ndarray, cfg: np.ndarray, u: int, t: float, x: float, y: float,
               var_x: float, gamma: float, cbuf: np.ndarray) -> None:
     """One AWTLS update with the pair (x = dSOC, y = Ah)."""
@@ -298,7 +307,7 @@ def _add_pair(s: np.ndarray, cfg: np.ndarray, u: int, t: float, x: float, y: flo
     s[F_PAIRS, u] += 1.0
 
 
-@njit(cache=True, nogil=True)
+@njit(**_JIT)
 def _pair_to(s: np.ndarray, cfg: np.ndarray, u: int, t: float, z_end: float,
              var_end: float, cbuf: np.ndarray) -> float:
     """Close the pair from the current pair start to (z_end, now) if it is informative: both
@@ -320,7 +329,7 @@ def _pair_to(s: np.ndarray, cfg: np.ndarray, u: int, t: float, z_end: float,
     return gamma
 
 
-@njit(cache=True, nogil=True)
+@njit(**_JIT)
 def _end_discharge(s: np.ndarray, p: np.ndarray, cfg: np.ndarray, u: int, t: float,
                    z_end: float, var_end: float, cbuf: np.ndarray) -> None:
     """A discharge ended (current released, or history broken by a gap). If it went down the
@@ -346,7 +355,7 @@ def _end_discharge(s: np.ndarray, p: np.ndarray, cfg: np.ndarray, u: int, t: flo
     s[F_PAIR_FULL, u] = 0.0
 
 
-@njit(cache=True, nogil=True)
+@njit(**_JIT)
 def _anchor(s: np.ndarray, p: np.ndarray, ocv_v: np.ndarray, cfg: np.ndarray, u: int,
             t: float, v: float, cbuf: np.ndarray) -> None:
     """A rested voltage is the OCV: reset the SOC from the curve, close a rest-to-rest pair."""
@@ -371,7 +380,7 @@ def _anchor(s: np.ndarray, p: np.ndarray, ocv_v: np.ndarray, cfg: np.ndarray, u:
     s[F_ANCHORS, u] += 1.0
 
 
-@njit(cache=True, nogil=True)
+@njit(**_JIT)
 def _r0_step(s: np.ndarray, p: np.ndarray, cfg: np.ndarray, u: int, t: float, y: float,
              phi: float) -> None:
     """Scalar RLS with forgetting on y = R0_25 * phi (y in V, phi in A)."""
@@ -402,7 +411,7 @@ def _r0_step(s: np.ndarray, p: np.ndarray, cfg: np.ndarray, u: int, t: float, y:
             s[F_R0_BASE, u] = s[F_R0, u]
 
 
-@njit(cache=True, nogil=True)
+@njit(**_JIT)
 def _break_history(s: np.ndarray, p: np.ndarray, cfg: np.ndarray, u: int,
                    cbuf: np.ndarray) -> None:
     """Unknown history from here (gap, missing current): close an open discharge at its last
@@ -418,12 +427,48 @@ def _break_history(s: np.ndarray, p: np.ndarray, cfg: np.ndarray, u: int,
     s[F_REST_S, u] = 0.0
 
 
-@njit(cache=True, nogil=True)
+@njit(**_JIT)
+def _ocv_and_slope(ocv_v: np.ndarray, chem: int, soc: float) -> tuple[float, float]:
+    """(ocv.ocv_at, ocv.docv_dsoc) at soc, the same formulas from one segment lookup: the hot
+    path of the EKF correct. int() truncates where ocv._segment floors: they differ only
+    below 0, where the clamp to segment 0 makes them agree again."""
+    n = ocv_v.shape[1]
+    pos = soc * (n - 1)
+    k = int(pos)
+    if k < 0:
+        k = 0
+    elif k > n - 2:
+        k = n - 2
+    v0 = ocv_v[chem, k]
+    dv = ocv_v[chem, k + 1] - v0
+    return v0 + dv * (pos - k), dv * (n - 1)
+
+
+@njit(**_JIT)
+def _ocv_doubt(ocv_v: np.ndarray, chem: int, z_prev: float, z: float, i: float, i_last: float,
+               dt: float, q_ah: float) -> float:
+    """Where the curve is steep, the unknown switching instant inside the interval moves the
+    OCV by this much: a voltage step less than ten times it is not informative about R0.
+    (Evaluated last, after the cheap tests of a step.)"""
+    slope_max = max(docv_dsoc(ocv_v, chem, z_prev), docv_dsoc(ocv_v, chem, z))
+    return 0.5 * slope_max * max(abs(i), abs(i_last)) * dt / 3600.0 / q_ah
+
+
+@njit(**_JIT)
 def update_kernel(s: np.ndarray, p: np.ndarray, ocv_v: np.ndarray, cfg: np.ndarray,
                   unit: np.ndarray, t_s: np.ndarray, cell_v: np.ndarray,
                   current_a: np.ndarray, temp_c: np.ndarray) -> None:
     """Feed rows (any units interleaved, each unit's rows in time order) into the state."""
     cbuf = np.empty(6)  # AWTLS scratch, once per call: no allocation per row or pair
+    # The two exponentials of a row depend on inputs that rarely change from one row to the
+    # next (the sample interval; the temperature, shared by the cells of a probe): each is
+    # recomputed only when its input changes (same values; a third of a row's time saved).
+    memo_dt = np.nan
+    memo_tau = np.nan
+    memo_a_h = 1.0
+    memo_ea = np.nan
+    memo_tc = np.nan
+    memo_arr = 1.0
     for r in range(unit.shape[0]):
         u = unit[r]
         t = t_s[r]
@@ -446,19 +491,32 @@ def update_kernel(s: np.ndarray, p: np.ndarray, ocv_v: np.ndarray, cfg: np.ndarr
             continue  # duplicate or out of order
         if tc_ok:
             s[F_TC_LAST, u] = tc
-        r0_factor = _arrhenius(p[chem, CP_EA_R_K], s[F_TC_LAST, u])
+        ea_r_k = p[chem, CP_EA_R_K]
+        tc_last = s[F_TC_LAST, u]
+        if tc_last != memo_tc or ea_r_k != memo_ea:
+            memo_tc, memo_ea = tc_last, ea_r_k
+            memo_arr = _arrhenius(ea_r_k, tc_last)
+        r0_factor = memo_arr
         r0_t = s[F_R0, u] * r0_factor
         rest_a = cfg[CFG_REST_C] * rated
         resting = abs(i) <= rest_a
         i_last = s[F_I_LAST, u]
         v_last = s[F_V_LAST, u]
-        z_prev = s[F_Z, u]
-        v1_prev = s[F_V1, u]
+        # the filter's state lives in registers from here to its one write-back below
+        z_prev = z = s[F_Z, u]
+        v1_prev = v1 = s[F_V1, u]
+        pzz = s[F_P_ZZ, u]
+        pzv = s[F_P_ZV, u]
+        pvv = s[F_P_VV, u]
         gap = np.isnan(t_last) or dt > cfg[CFG_MAX_GAP_S]
         a_h = 1.0
         if gap:
             if not np.isnan(t_last):
                 _break_history(s, p, cfg, u, cbuf)
+                v1 = s[F_V1, u]
+                pzz = s[F_P_ZZ, u]
+                pzv = s[F_P_ZV, u]
+                pvv = s[F_P_VV, u]
             # a long enough gap ending at rest may have been a rest: credit it, still
             # requiring a settled voltage before anchoring
             s[F_REST_S, u] = dt if (resting and not np.isnan(t_last)) else 0.0
@@ -467,36 +525,38 @@ def update_kernel(s: np.ndarray, p: np.ndarray, ocv_v: np.ndarray, cfg: np.ndarr
             # assumed to change mid-interval (the switching instant is unknown) ----
             q_ah = s[F_Q_AH, u]
             dah = 0.5 * (i + i_last) * dt / 3600.0
-            s[F_Z, u] = z_prev - dah / q_ah
+            z = z_prev - dah / q_ah
             s[F_PAIR_AH, u] += dah
             if dah > 0.0:
                 s[F_AH_DIS, u] += dah
-            a_h = math.exp(-0.5 * dt / p[chem, CP_TAU1_S])
+            tau = p[chem, CP_TAU1_S]
+            if dt != memo_dt or tau != memo_tau:
+                memo_dt, memo_tau = dt, tau
+                memo_a_h = math.exp(-0.5 * dt / tau)
+            a_h = memo_a_h
             r1 = p[chem, CP_R1_RATIO] * r0_t
-            s[F_V1, u] = a_h * a_h * v1_prev + r1 * (1.0 - a_h) * (a_h * i_last + i)
+            v1 = a_h * a_h * v1_prev + r1 * (1.0 - a_h) * (a_h * i_last + i)
             sig_i = cfg[CFG_SIGMA_I_C] * rated * dt / 3600.0 / q_ah
             a2 = a_h * a_h
-            s[F_P_ZZ, u] += sig_i * sig_i + cfg[CFG_Q_Z_PER_S] * dt
-            s[F_P_ZV, u] *= a2
-            s[F_P_VV, u] = a2 * a2 * s[F_P_VV, u] + cfg[CFG_Q_V1_PER_S] * dt
+            pzz += sig_i * sig_i + cfg[CFG_Q_Z_PER_S] * dt
+            pzv *= a2
+            pvv = a2 * a2 * pvv + cfg[CFG_Q_V1_PER_S] * dt
             s[F_REST_S, u] = s[F_REST_S, u] + dt if resting else 0.0
 
             # ---- R0: RLS on an informative current step ----
             d_i = i - i_last
-            # where the curve is steep, the unknown switching instant inside the interval
-            # moves the OCV by more than a tenth of the voltage step: not informative
-            slope_max = max(docv_dsoc(ocv_v, chem, z_prev), docv_dsoc(ocv_v, chem, s[F_Z, u]))
-            ocv_doubt = 0.5 * slope_max * max(abs(i), abs(i_last)) * dt / 3600.0 / q_ah
             if (v_ok and tc_ok and not np.isnan(v_last)
                     and abs(d_i) >= cfg[CFG_STEP_C] * rated
                     and dt <= cfg[CFG_STEP_MAX_DT_S]
-                    and min(z_prev, s[F_Z, u]) >= cfg[CFG_R0_SOC_MIN]
-                    and ocv_doubt <= 0.1 * abs(v - v_last)):
-                d_ocv = ocv_at(ocv_v, chem, s[F_Z, u]) - ocv_at(ocv_v, chem, z_prev)
+                    and min(z_prev, z) >= cfg[CFG_R0_SOC_MIN]
+                    and _ocv_doubt(ocv_v, chem, z_prev, z, i, i_last, dt, q_ah)
+                    <= 0.1 * abs(v - v_last)):
+                d_ocv = ocv_at(ocv_v, chem, z) - ocv_at(ocv_v, chem, z_prev)
                 # dV = dOCV - R0 dI - dV1, with V1 = R1 (RC) and R1 = ratio * R0
                 y = d_ocv - (v - v_last) + (1.0 - a2) * v1_prev
                 phi = (d_i + p[chem, CP_R1_RATIO] * (1.0 - a_h) * (a_h * i_last + i))
-                _r0_step(s, p, cfg, u, t, y, phi * _arrhenius(p[chem, CP_EA_R_K], tc))
+                # (tc is this row's temperature, so r0_factor is its Arrhenius factor)
+                _r0_step(s, p, cfg, u, t, y, phi * r0_factor)
                 r0_t = s[F_R0, u] * r0_factor
 
         # ---- discharge bookkeeping; its end (on the predicted SOC, before this sample's
@@ -504,22 +564,18 @@ def update_kernel(s: np.ndarray, p: np.ndarray, ocv_v: np.ndarray, cfg: np.ndarr
         discharging = i > rest_a
         if s[F_IN_DIS, u] > 0.5:
             if discharging:
-                if v_ok and v < s[F_DIS_MIN_V, u]:
-                    s[F_DIS_MIN_V, u] = v
+                if v_ok:  # (branch-free min: the lowest voltage falls unpredictably)
+                    s[F_DIS_MIN_V, u] = min(s[F_DIS_MIN_V, u], v)
             else:
-                _end_discharge(s, p, cfg, u, t, s[F_Z, u], s[F_P_ZZ, u], cbuf)
+                _end_discharge(s, p, cfg, u, t, z, pzz, cbuf)  # (leaves the filter alone)
         elif discharging:
             s[F_IN_DIS, u] = 1.0
             s[F_DIS_MIN_V, u] = v if v_ok else np.inf
 
         # ---- EKF correct: V = OCV(z) - R0(T) I - V1 ----
         if v_ok and tc_ok:
-            z = s[F_Z, u]
-            slope = docv_dsoc(ocv_v, chem, z)
-            v_hat = ocv_at(ocv_v, chem, z) - r0_t * i - s[F_V1, u]
-            pzz = s[F_P_ZZ, u]
-            pzv = s[F_P_ZV, u]
-            pvv = s[F_P_VV, u]
+            ocv_z, slope = _ocv_and_slope(ocv_v, chem, z)
+            v_hat = ocv_z - r0_t * i - v1
             # model and curve errors are correlated over about a minute: fast sampling must
             # not count as independent information; an uncertain R0 adds its I*dR0
             r_v = p[chem, CP_SIGMA_V_V] ** 2 * max(1.0, cfg[CFG_ERR_CORR_S] / (1e9 if gap else dt))
@@ -528,11 +584,15 @@ def update_kernel(s: np.ndarray, p: np.ndarray, ocv_v: np.ndarray, cfg: np.ndarr
             kz = (slope * pzz - pzv) / s_inn
             kv = (slope * pzv - pvv) / s_inn
             innov = v - v_hat
-            s[F_Z, u] = min(max(z + kz * innov, -0.05), 1.05)
-            s[F_V1, u] += kv * innov
-            s[F_P_ZZ, u] = max(pzz - kz * kz * s_inn, 1e-10)
-            s[F_P_ZV, u] = pzv - kz * kv * s_inn
-            s[F_P_VV, u] = max(pvv - kv * kv * s_inn, 1e-12)
+            z = min(max(z + kz * innov, -0.05), 1.05)
+            v1 += kv * innov
+            pzz, pzv, pvv = (max(pzz - kz * kz * s_inn, 1e-10), pzv - kz * kv * s_inn,
+                             max(pvv - kv * kv * s_inn, 1e-12))
+        s[F_Z, u] = z
+        s[F_V1, u] = v1
+        s[F_P_ZZ, u] = pzz
+        s[F_P_ZV, u] = pzv
+        s[F_P_VV, u] = pvv
 
         # ---- rest: a settled voltage after a long enough rest is the OCV ----
         if (resting and v_ok and not gap and not np.isnan(v_last)
