@@ -51,11 +51,16 @@ class BoardError(RuntimeError):
     """The virtual board did not start, or died."""
 
 
+CPU_FACTOR = 30.0
+
+
 def default_cpu(speed: float) -> float:
-    """Computing costs at most 100x its VM time of board time: more than an ESP32 takes
-    (roughly 10-30x slower than this VM, an estimate), so the board never looks faster than
-    it is, while OS scheduling hiccups of the rig do not become seconds of board time."""
-    return min(speed, 100.0)
+    """Computing costs at most CPU_FACTOR times its VM time of board time: an ESP32 runs
+    MicroPython some 10-30 times slower than this VM does (an estimate, not a measurement),
+    so the board does not look faster than it is, while the rig's own hiccups (the OS not
+    scheduling the VM for 50 ms) do not become minutes of board time, as they would at
+    the full speed factor."""
+    return min(speed, CPU_FACTOR)
 
 
 def default_min_sleep_ms(speed: float) -> int:
@@ -92,6 +97,7 @@ class Final:
     min_free_bytes: int
     starved: int
     store_dropped: int  # frames the full store had to drop: lost
+    stored: int  # frames the board put in its store (samples, alarms, pre-event samples)
 
 
 def build_vm_tree(out: Path) -> tuple[Path, Path]:

@@ -173,9 +173,9 @@ class Wiring:
         `ntc_short`: probes shorted rather than open (both read ABNORMAL in board units);
         `riso_ohm`: the insulation's exact (Rp, Rn), if known, rather than the kOhm fields."""
         c = self.cfg
-        out = [_adc(unscale(r["pack_mv"], c["pack_divider_ratio_c"])
-                    if r["pack_mv"] < U16_ABNORMAL else 0)]
-        ma = r["current_ma"]
+        pack_mv = r["pack_mv"] if r["pack_mv"] < _marker("pack_mv") else 0
+        out = [_adc(unscale(pack_mv, c["pack_divider_ratio_c"]))]
+        ma = r["current_ma"] if r["current_ma"] < _marker("current_ma") else 0
         if self.ina:
             raw = max(-32768, min(32767, round(ma * self.shunt_uohm / INA_LSB_NV)))
             raw &= 0xFFFF
@@ -196,7 +196,7 @@ class Wiring:
             mv = cells[i] if i < len(cells) else 0
             adc = 0 if mv >= U16_ABNORMAL else min(0x3FFF, -(-mv * 1000 // BQ_GAIN_UV))
             out += [adc >> 8, adc & 0xFF]
-        out += self.bridge_uv(r["pack_mv"], riso_ohm or (
+        out += self.bridge_uv(pack_mv, riso_ohm or (
             _riso_ohm(r["riso_pos_kohm"]), _riso_ohm(r["riso_neg_kohm"])))
         return out
 
@@ -206,13 +206,25 @@ class Wiring:
         from .packsim import bridge_v  # numpy only; the circuit is the simulator's
 
         c = self.cfg
-        pack_v = 0.0 if pack_mv >= U16_ABNORMAL else pack_mv / 1000
+        pack_v = pack_mv / 1000
         r0, rd = c["riso_r0_kohm"] * 1e3, c["riso_rd_kohm"] * 1e3
         vs = [bridge_v(pack_v, riso_ohm[0], riso_ohm[1], r0, rd, s)[:2] for s in (0, 1, 2)]
         vs.append(vs[0])
         per_uv = 1e6 / self.riso_factor  # the Vp/Vn dividers: HV volts -> ADC uV
         return ([_adc(float(vp) * per_uv) for vp, _ in vs]
                 + [_adc(float(vn) * per_uv) for _, vn in vs])
+
+
+@cache
+def _marker(name: str) -> int:
+    """The lowest marker value (abnormal) of a sample field, from the wire schema."""
+    from packsentry.protocol import layout
+
+    for seg in layout.payload_layout("sample").segments:
+        for f in getattr(seg, "fields", ()):
+            if f.name == name:
+                return layout.markers(f.fmt)[0]
+    raise KeyError(name)
 
 
 def _riso_ohm(kohm: int) -> float:

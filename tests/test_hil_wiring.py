@@ -126,3 +126,17 @@ def test_configs_the_board_would_repair_are_refused() -> None:
     with pytest.raises(BoardConfigError, match="15 cells"):
         Wiring(board_config(board_id=1, site="rig", pack={**PACK, "n_cells": 16,
                                                           "cells_series": 16}) | {"n_cells": 16})
+
+
+def test_a_high_voltage_pack_reads_back() -> None:
+    """403 V: pack_mv beyond 16 bits, no cell voltages (more than one BQ769x0's cells), the
+    insulation bridge at the resolution that matters (100 ohm/V is 40 kOhm here)."""
+    pack = {"chemistry": "nmc", "cells_series": 96, "rated_mah": 50_000, "max_pack_mv": 403_200,
+            "n_probes": 2, "n_cells": 96, "probe_cell": [10, 80]}
+    cfg = board_config(board_id=7, site="rig", pack=pack)
+    assert cfg["n_cells"] == 0
+    readings = [{"pack_mv": 380_123, "current_ma": -120_000, "temps_dc": [300, 310],
+                 "cells_mv": [], "riso_pos_kohm": 4_000, "riso_neg_kohm": 38}]
+    got = read_back(cfg, readings, [[False, False]])[0]
+    assert got[0] == 380_123 and got[1] == -120_000
+    assert abs(got[5] - 38) <= 1 and abs(got[4] - 4_000) <= 0.05 * 4_000

@@ -41,7 +41,7 @@ board -> rig:
                       acked: the host's cumulative ack point (this boot); synced: 1 once a
                       host (or NTP) has set the board's clock
     E <seq> <pending> <link_dropped> <wdt_late> <min_free> <starved> <store_dropped>
-                      stopped
+      <stored>        stopped; stored: frames the board put in its store (all boot)
     X <text>          the board did not start (main.py raised)
 """
 
@@ -188,6 +188,7 @@ async def main():
         await _sleep_ms(50)
         return
     board = board_main.board
+    stored = _count_stored(board)
     gc.collect()
     free = min_free = gc.mem_free()
     ctl.send("B", board.boot, free, time.time_ns() // 1_000_000)
@@ -235,10 +236,29 @@ async def main():
     link = board.link
     store = board.store
     ctl.send("E", board.seq, store.pending_count if store else 0, getattr(link, "dropped", 0),
-             machine.outputs["wdt_late"], min_free, starved, store.dropped if store else 0)
+             machine.outputs["wdt_late"], min_free, starved, store.dropped if store else 0,
+             stored[0])
     if hasattr(link, "stop"):
         await link.stop()
     await _sleep_ms(100)
+
+
+def _count_stored(board):
+    """The rig's probe: count the frames the board puts in its store (samples, batches,
+    alarms, pre-event samples), so that the rig can tell whether every one reached the
+    host. It wraps the store's append on this one object; the firmware is not touched."""
+    count = [0]
+    store = board.store
+    if store is None:
+        return count
+    append = store.append
+
+    def counted(buf, n):
+        count[0] += 1
+        return append(buf, n)
+
+    store.append = counted
+    return count
 
 
 def _handle(line, ctl, inputs, readings, stop):
