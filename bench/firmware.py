@@ -1,0 +1,158 @@
+"""firmware: the board program in the MicroPython VM (hil/mpvm.py), as the board runs it.
+
+The firmware is compiled with mpy-cross (host/firmware_build.py, MicroPython 1.27's .mpy) and
+the VM imports those .mpy files, like the board. Three figures:
+
+- heap bytes allocated per sample in steady state: the whole sampling tick (sensors through
+  the virtual board's `machine`, local safety, pre-event ring, sample frame, COBS, the link
+  write) N times after a warm-up, gc.mem_alloc() before and after, divided by the samples
+  sent (the approach of tests/test_firmware_app.py). Target 0.
+- frame encode time relative to one `struct.pack_into` of the same frame layout (header,
+  fields, arrays and CRC as one format string, values from a prebuilt tuple) in the same VM:
+  what the firmware's FrameWriter.sample costs over the cheapest possible packing of the
+  same bytes (its CRC-32 is computed in Python, byte by byte, to allocate nothing). Timed with
+  the VM's performance.now(), loops of thousands, encode and pack interleaved, medians.
+- total .mpy size of the build.
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+from pathlib import Path
+
+from bench.harness import Context, Figure, Target
+from packsentry.hil.mpvm import run_micropython
+
+# A 4-cell board with two NTCs, as tests/test_firmware_app.py configures the virtual board
+CONFIG = {"board_id": 0x00C0FFEE, "chemistry": "nmc", "cells_series": 4, "n_cells": 4,
+          "max_pack_mv": 16_800, "sample_period_ms": 100, "riso_settle_ms": 0,
+          "riso_period_ms": 1_000, "pins": {"ntc": [32, 33]},
+          "pack_divider_ratio_c": 1_000}
+# the cell monitor's registers: 4 cells of 3.7 V (14-bit ADC counts), system OK
+BQ_REGS = {0x50: 0x0C, 0x59: 0xE0, 0x51: 0x00, 0x04: 0} | {
+    0x0C + 2 * i: (9343 >> 8) for i in range(4)} | {0x0D + 2 * i: 9343 & 0xFF for i in range(4)}
+NTC_25C_UV, NTC_26C_UV = 1_650_000, 1_610_000
+MODULES = ("wire", "limits", "config", "intmath", "ntc", "analog", "crc32", "cobs", "frames",
+           "safety", "ring", "sampler", "insulation", "commands", "clock", "persist", "signer",
+           "store", "app")
+
+
+def _imports() -> str:
+    # this VM collects garbage only at a real sleep: import module by module, yielding
+    return ("import asyncio, gc, json, os, struct, js\nimport machine\n"
+            f"for _name in {MODULES!r}:\n    __import__(_name)\n    await asyncio.sleep_ms(2)\n"
+            "import app, config\n")
+
+
+def heap_script(ticks: int, persist: bool) -> str:
+    return _imports() + f"""
+os.mkdir('/flash')
+machine.inputs['adc_uv'].update({{36: 1_500_000, 39: 1_650_000, 32: {NTC_25C_UV},
+                                  33: {NTC_26C_UV}}})
+machine.inputs['i2c'][0x08] = {BQ_REGS!r}
+
+class Wire:  # a UART that costs nothing itself, so only the firmware is measured
+    def __init__(self):
+        self.bytes = 0
+    def write(self, buf, off=0, sz=None):
+        self.bytes += sz
+        return sz
+    def any(self):
+        return 0
+
+uart = Wire()
+board = app.Board(config.parse({json.dumps(CONFIG)!r}), machine, app.SerialLink(uart, 2048),
+                  root='/flash/', persist_frames={persist!r})
+board.clock.sync(1_764_000_000_000)
+def run(start, n):
+    for i in range(start, start + n):
+        board.tick(i * 100)
+run(0, 50)
+await asyncio.sleep_ms(5)
+seq0 = board.seq
+gc.collect()
+before = gc.mem_alloc()
+run(50, {ticks})
+allocated = gc.mem_alloc() - before
+print(json.dumps({{"allocated": allocated, "samples": board.seq - seq0, "bytes": uart.bytes}}))
+"""
+
+
+def encode_script(shapes: list[tuple[int, int]], loops: int, rounds: int) -> str:
+    return _imports() + f"""
+import frames, wire, crc32
+out = {{}}
+for n_probes, n_cells in {shapes!r}:
+    w = frames.FrameWriter(0x00C0FFEE, 3, n_probes, n_cells)
+    w.set_ts_ms(1_764_000_000_000)
+    temps = [250 + i for i in range(n_probes)]
+    cells = [3700 + i for i in range(n_cells)]
+    n = w.sample(1, 4, 59200, -12500, 4444, 3220, 0, 0, temps, cells)
+    fmt = wire.HEADER_FMT + wire.SAMPLE_FMT[1:] + '%dh%dHI' % (n_probes, n_cells)
+    assert struct.calcsize(fmt) == n
+    vals = tuple(struct.unpack_from(fmt, w.buf, 0))
+    buf = bytearray(n)
+    t_enc, t_pack, t_crc = [], [], []
+    for r in range({rounds}):
+        t0 = js.performance.now()
+        for i in range({loops}):
+            w.sample(i, 4, 59200, -12500, 4444, 3220, 0, 0, temps, cells)
+        t1 = js.performance.now()
+        for i in range({loops}):
+            struct.pack_into(fmt, buf, 0, *vals)
+        t2 = js.performance.now()
+        for i in range({loops}):
+            crc32.crc32_into(buf, n - 4, buf, n - 4)
+        t3 = js.performance.now()
+        t_enc.append((t1 - t0) * 1000 / {loops})
+        t_pack.append((t2 - t1) * 1000 / {loops})
+        t_crc.append((t3 - t2) * 1000 / {loops})
+        await asyncio.sleep_ms(1)
+    out['%d,%d' % (n_probes, n_cells)] = {{'bytes': n, 'encode_us': t_enc, 'pack_us': t_pack,
+                                          'crc_us': t_crc}}
+print(json.dumps(out))
+"""
+
+
+def _run(script: str, dirs: dict[str, Path], timeout_s: float) -> dict:
+    res = run_micropython(script, dirs=dirs, timeout_s=timeout_s).check()
+    return json.loads(res.stdout.strip().splitlines()[-1])
+
+
+def run(ctx: Context) -> list[Figure]:
+    from packsentry.host import firmware_build
+
+    build = firmware_build.build(ctx.scratch / "firmware")
+    mpy = [f for f in build.files if f.name.endswith(".mpy")]
+    mpy_bytes = sum(f.size for f in mpy)
+    source_bytes = sum(f.source_size for f in build.files)
+    dirs = {"/firmware": build.out, "/vboard": ctx.repo / "hil" / "vboard"}
+    ticks = 100 if ctx.smoke else 1_000
+    heap = {p: _run(heap_script(ticks, p), dirs, 120) for p in (False, True)}
+    shapes = [(4, 16), (8, 96)]
+    enc = _run(encode_script(shapes, 20 if ctx.smoke else 400, 2 if ctx.smoke else 5), dirs, 300)
+
+    out = []
+    h = heap[False]
+    out.append(Figure(
+        "heap per sample, steady state", h["allocated"] / max(h["samples"], 1), "B",
+        target=Target("<=", 0.0, of="value", unit="B"),
+        note=f"{h['samples']} samples in {ticks} ticks of the whole sampling tick (4 cells, "
+             f"2 NTCs, serial link), .mpy in the VM; with the store-and-forward flash store on: "
+             f"{heap[True]['allocated'] / max(heap[True]['samples'], 1):g} B/sample",
+        details={"no_store": heap[False], "with_store": heap[True]}))
+    for shape, e in enc.items():
+        n_cells = shape.split(",")[1]
+        enc_us, pack_us = statistics.median(e["encode_us"]), statistics.median(e["pack_us"])
+        crc_us = statistics.median(e["crc_us"])
+        out.append(Figure(
+            f"sample frame encode, {n_cells} cells ({e['bytes']} B)", enc_us, "us",
+            baseline="struct.pack_into, same layout", baseline_value=pack_us,
+            note=f"ratio = time / struct time; of it the CRC-32 in Python {crc_us:.0f} us",
+            details=e))
+    out.append(Figure("total .mpy size", mpy_bytes, "B",
+                      note=f"{len(mpy)} modules, mpy-cross {build.compiler}; sources "
+                           f"{source_bytes:,} B; main.py/boot.py stay source",
+                      details={f.name: f.size for f in build.files}))
+    return out
