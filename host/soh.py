@@ -381,13 +381,18 @@ def _anchor(s: np.ndarray, p: np.ndarray, ocv_v: np.ndarray, cfg: np.ndarray, u:
 
 
 @njit(**_JIT)
+def _r0_lambda(cfg: np.ndarray, since_s: float) -> float:
+    """The RLS forgetting factor after since_s seconds without an R0 update (NaN: none yet)."""
+    if np.isnan(since_s):
+        return 1.0
+    return max(cfg[CFG_R0_LAMBDA_MIN], math.exp(-since_s / cfg[CFG_R0_TAU_S]))
+
+
+@njit(**_JIT)
 def _r0_step(s: np.ndarray, p: np.ndarray, cfg: np.ndarray, u: int, t: float, y: float,
-             phi: float) -> None:
-    """Scalar RLS with forgetting on y = R0_25 * phi (y in V, phi in A)."""
-    if np.isnan(s[F_R0_T, u]):
-        lam = 1.0
-    else:
-        lam = max(cfg[CFG_R0_LAMBDA_MIN], math.exp(-(t - s[F_R0_T, u]) / cfg[CFG_R0_TAU_S]))
+             phi: float, lam: float) -> None:
+    """Scalar RLS with forgetting on y = R0_25 * phi (y in V, phi in A); lam is
+    _r0_lambda(cfg, t - s[F_R0_T, u])."""
     pn = s[F_R0_P, u] / lam
     e = y - phi * s[F_R0, u]
     denom = 1.0 + phi * phi * pn
@@ -469,6 +474,8 @@ def update_kernel(s: np.ndarray, p: np.ndarray, ocv_v: np.ndarray, cfg: np.ndarr
     memo_ea = np.nan
     memo_tc = np.nan
     memo_arr = 1.0
+    memo_since = np.nan  # (NaN != NaN: a NaN interval is always recomputed, to 1.0)
+    memo_lam = 1.0
     for r in range(unit.shape[0]):
         u = unit[r]
         t = t_s[r]
@@ -556,7 +563,12 @@ def update_kernel(s: np.ndarray, p: np.ndarray, ocv_v: np.ndarray, cfg: np.ndarr
                 y = d_ocv - (v - v_last) + (1.0 - a2) * v1_prev
                 phi = (d_i + p[chem, CP_R1_RATIO] * (1.0 - a_h) * (a_h * i_last + i))
                 # (tc is this row's temperature, so r0_factor is its Arrhenius factor)
-                _r0_step(s, p, cfg, u, t, y, phi * r0_factor)
+                # (the cells of a pack step together: their forgetting factors are one)
+                since_s = t - s[F_R0_T, u]
+                if since_s != memo_since:
+                    memo_since = since_s
+                    memo_lam = _r0_lambda(cfg, since_s)
+                _r0_step(s, p, cfg, u, t, y, phi * r0_factor, memo_lam)
                 r0_t = s[F_R0, u] * r0_factor
 
         # ---- discharge bookkeeping; its end (on the predicted SOC, before this sample's
