@@ -24,7 +24,7 @@ import math
 import numpy as np
 from numba import njit
 
-from packsentry.host.ocv import CHEMISTRIES, OCV_V, chemistry_id, docv_dsoc, ocv_at, soc_at
+from packsentry.host.ocv import CHEMISTRIES, OCV_V, chemistry_id, docv_dsoc, soc_at
 
 STATE_VERSION = 1
 
@@ -450,16 +450,6 @@ def _ocv_and_slope(ocv_v: np.ndarray, chem: int, soc: float) -> tuple[float, flo
 
 
 @njit(**_JIT)
-def _ocv_doubt(ocv_v: np.ndarray, chem: int, z_prev: float, z: float, i: float, i_last: float,
-               dt: float, q_ah: float) -> float:
-    """Where the curve is steep, the unknown switching instant inside the interval moves the
-    OCV by this much: a voltage step less than ten times it is not informative about R0.
-    (Evaluated last, after the cheap tests of a step.)"""
-    slope_max = max(docv_dsoc(ocv_v, chem, z_prev), docv_dsoc(ocv_v, chem, z))
-    return 0.5 * slope_max * max(abs(i), abs(i_last)) * dt / 3600.0 / q_ah
-
-
-@njit(**_JIT)
 def update_kernel(s: np.ndarray, p: np.ndarray, ocv_v: np.ndarray, cfg: np.ndarray,
                   unit: np.ndarray, t_s: np.ndarray, cell_v: np.ndarray,
                   current_a: np.ndarray, temp_c: np.ndarray) -> None:
@@ -552,13 +542,21 @@ def update_kernel(s: np.ndarray, p: np.ndarray, ocv_v: np.ndarray, cfg: np.ndarr
 
             # ---- R0: RLS on an informative current step ----
             d_i = i - i_last
+            informative = False
+            ocv_prev = ocv_now = 0.0
             if (v_ok and tc_ok and not np.isnan(v_last)
                     and abs(d_i) >= cfg[CFG_STEP_C] * rated
                     and dt <= cfg[CFG_STEP_MAX_DT_S]
-                    and min(z_prev, z) >= cfg[CFG_R0_SOC_MIN]
-                    and _ocv_doubt(ocv_v, chem, z_prev, z, i, i_last, dt, q_ah)
-                    <= 0.1 * abs(v - v_last)):
-                d_ocv = ocv_at(ocv_v, chem, z) - ocv_at(ocv_v, chem, z_prev)
+                    and min(z_prev, z) >= cfg[CFG_R0_SOC_MIN]):
+                ocv_prev, slope_prev = _ocv_and_slope(ocv_v, chem, z_prev)
+                ocv_now, slope_now = _ocv_and_slope(ocv_v, chem, z)
+                # where the curve is steep, the unknown switching instant inside the interval
+                # moves the OCV by more than a tenth of the voltage step: not informative
+                ocv_doubt = (0.5 * max(slope_prev, slope_now) * max(abs(i), abs(i_last)) * dt
+                             / 3600.0 / q_ah)
+                informative = ocv_doubt <= 0.1 * abs(v - v_last)
+            if informative:
+                d_ocv = ocv_now - ocv_prev
                 # dV = dOCV - R0 dI - dV1, with V1 = R1 (RC) and R1 = ratio * R0
                 y = d_ocv - (v - v_last) + (1.0 - a2) * v1_prev
                 phi = (d_i + p[chem, CP_R1_RATIO] * (1.0 - a_h) * (a_h * i_last + i))
