@@ -246,7 +246,7 @@ def run(ctx: Context) -> list[Figure]:
         "struct": (lambda: struct_loop(frames), n),
         "compiled": (lambda: comp(frames), n),
         "crc": (lambda: crc_floor(frames), n),
-    }, runs=9)
+    }, runs=11)
     # plain construct is ~5x slower than compiled: fewer runs of it (its own median)
     t.update(ctx.compare({"plain": (lambda: plain(frames), n)}, runs=3))
     fps = "frames/s"

@@ -170,7 +170,7 @@ def fmt_value(v: float | None, unit: str = "") -> str:
         return f"{v:.3g} {unit}"
     if unit == "B":
         return f"{v:,.0f} B"
-    if unit in ("s", "ms", "ns", ""):
+    if unit in ("s", "ms", "us", "ns", ""):
         return f"{v:.3g} {unit}".strip()
     return f"{v:.4g} {unit}"
 
