@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 
 import pytest
+from test_firmware_app import REPO
 
 from packsentry.hil.mpvm import run_micropython
 from packsentry.hil.wiring import (
@@ -17,8 +18,6 @@ from packsentry.hil.wiring import (
     scale,
     unscale,
 )
-
-from test_firmware_app import REPO
 
 PACK = {"chemistry": "nmc", "cells_series": 4, "rated_mah": 50_000, "max_pack_mv": 16_800,
         "n_probes": 4, "n_cells": 4, "probe_cell": [0, 1, 2, 3]}
@@ -107,7 +106,7 @@ def test_multiplexed_probes_and_ina226_read_back() -> None:
                                   "calibration": {"shunt_uohm": 100}})
     assert cfg["ntc_mux_probes"] == 6
     readings = [{**r, "temps_dc": r["temps_dc"] + [300, 0x7FFE]} for r in READINGS]
-    short = [s + [False, False] for s in SHORT]
+    short = [[*s, False, False] for s in SHORT]
     for got, want in zip(read_back(cfg, readings, short), readings, strict=True):
         check(got, want, ina=True)
 
