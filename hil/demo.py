@@ -16,11 +16,13 @@ at the end comes a summary: the alarm timeline, the SoH table, where the databas
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
 import tty
 from dataclasses import dataclass
@@ -104,9 +106,82 @@ def _config(workdir: Path, ports: list[Path], broker: Broker | None) -> str:
     return "\n".join(lines)
 
 
+class VmPack:
+    """One pack on the real firmware: the virtual board (hil/virtual_board.py) with its UART
+    on a pseudo-terminal the daemon reads, fed by its own pack simulator, as the HIL rig runs
+    it (hil/rig.py): boot slowly until the daemon has set the board's clock, then run at the
+    demo's speed, sending readings ahead of the board's clock."""
+
+    BOARD_ID = 1100
+
+    def __init__(self, workdir: Path, speed: float) -> None:
+        from .packsim import NOT_ON_CELL, LoadProfile, PackSim, PackSpec, Segment
+        from .virtual_board import SerialLine, VirtualBoard
+        from .wiring import Wiring, board_config
+
+        spec = PackSpec(chemistry="nmc", cells_series=12, rated_ah=50.0, n_probes=4,
+                        probe_cell=(0, 5, 10, NOT_ON_CELL), initial_soc=0.9)
+        h = 3600.0
+        self.sim = PackSim([spec], seed=11, load=LoadProfile(
+            (Segment(1.0 * h, "cc", 1.0, v_min_v=3.4), Segment(0.3 * h),
+             Segment(1.5 * h, "cccv", 1.0), Segment(0.3 * h)), repeat=True))
+        self.speed = speed
+        self.line = SerialLine(workdir / "tty-vm", speed=speed)
+        self.port = self.line.link
+        config = board_config(board_id=self.BOARD_ID, site="demo", pack=spec.birth_fields(),
+                              link={"kind": "serial", "uart": 1})
+        self.wiring = Wiring(config)
+        self.vb = VirtualBoard(workdir / "vm-board", config, self.wiring.layout(),
+                               self.wiring.static(), speed=10.0, cpu=10.0, serial=self.line)
+        self.error: str | None = None
+        self.stop_flag = False
+        self.thread = threading.Thread(target=self._run, daemon=True, name="vm-pack")
+
+    def _reading(self) -> list[int]:
+        r = self.sim.step(1.0)
+        return self.wiring.values(r.to_board_units(0), ntc_short=list(r.ntc_short[0]),
+                                  riso_ohm=(float(r.riso_pos_ohm[0]), float(r.riso_neg_ohm[0])))
+
+    def start(self) -> None:
+        self.thread.start()
+
+    def _run(self) -> None:
+        try:
+            first = self._reading()
+            window = 32
+            sent = window
+            self.vb.start([first] * (sent + 1))
+            fast = False
+            while not self.stop_flag:
+                report = self.vb.next_report(1.0)
+                if report is None:
+                    continue
+                while not self.vb.reports.empty():
+                    report = self.vb.reports.get_nowait()
+                if not fast and report.synced:  # the daemon answered its birth: full speed
+                    self.vb.set_speed(self.speed)
+                    fast = True
+                while sent < report.k + window:
+                    sent += 1
+                    self.vb.send(sent, self._reading() if fast else first)
+        except Exception as exc:  # the demo goes on with the model boards; say why
+            self.error = f"the virtual board stopped: {exc}"
+
+    def close(self) -> None:
+        self.stop_flag = True
+        self.thread.join(5)
+        with contextlib.suppress(Exception):
+            self.vb.stop(timeout_s=5)
+        self.vb.close()
+        self.line.close()
+
+
 class Demo:
     def __init__(self, workdir: Path, packs: int, minutes: float, speed: float, forever: bool,
-                 use_mqtt: bool | None) -> None:
+                 use_mqtt: bool | None, vm: bool = True) -> None:
+        self.use_vm = vm
+        self.t0_ms = now_ms()  # the simulated time line starts when the run does
+        self.vm: VmPack | None = None
         self.workdir = workdir
         self.n = packs
         self.minutes = minutes
@@ -141,6 +216,9 @@ class Demo:
             link.symlink_to(os.ttyname(slave))
             self.ptys.append((master, slave))
             ports.append(link)
+        if self.use_vm:
+            self.vm = VmPack(self.workdir, self.speed)
+            ports.append(self.vm.port)
         conf = self.workdir / "depot.toml"
         conf.write_text(_config(self.workdir, ports, self.broker))
         log = open(self.workdir / "daemon.log", "wb")  # the daemon's, for its whole life
@@ -162,6 +240,8 @@ class Demo:
                 link = MqttBoard(board, self.broker.port, site="demo")
                 transport = "mqtt"
             self.packs.append(DemoPack(f"pack {i + 1}", board, link, transport, []))
+        if self.vm is not None:
+            self.vm.start()
 
     def _wait_ready(self) -> None:
         assert self.daemon is not None
@@ -183,7 +263,7 @@ class Demo:
 
         duration_s = self.minutes * 60 * self.speed
         sim = PackSim(_specs(self.n), seed=7, faults=_faults(duration_s), load=_loads(self.n))
-        t0_ms = now_ms()
+        t0_ms = self.t0_ms = now_ms()
         real0 = time.monotonic()
         next_show = real0
         tty_out = sys.stdout.isatty()
@@ -217,9 +297,10 @@ class Demo:
         except StorageError:
             return
         try:
-            out = [f"packsentry demo: {len(self.packs)} packs, simulated "
+            n = len(self.table_rows())
+            out = [f"packsentry demo: {n} packs, simulated "
                    f"{sim_s / 3600:5.1f} h at {self.speed:.0f}x"]
-            out += _soh_table(st, self.packs)
+            out += _soh_table(st, self.table_rows())
             alarms = st.alarms(active_only=True)
             out.append("")
             out.append(f"active alarms: {len(alarms)}")
@@ -232,9 +313,19 @@ class Demo:
             sys.stdout.write("\x1b[H\x1b[2J")
         print("\n".join(out), flush=True)
 
+    def table_rows(self) -> list[tuple[str, int, str, str]]:
+        rows = [(p.name, p.board.board_id, p.transport, p.board.chemistry) for p in self.packs]
+        if self.vm is not None:
+            rows.append((f"pack {len(rows) + 1} (fw)", VmPack.BOARD_ID, "serial", "nmc"))
+        return rows
+
     # -- the end -----------------------------------------------------------------------------
 
     def stop(self) -> None:
+        if self.vm is not None:
+            self.vm.close()
+            if self.vm.error:
+                print(self.vm.error, file=sys.stderr)
         for pack in self.packs:
             if pack.transport == "mqtt":
                 pack.link.close()
@@ -260,7 +351,7 @@ class Demo:
                 "SELECT u.ts_ms, a.board_id, a.rule, u.level, u.event, u.message "
                 "FROM alarm_audit u JOIN alarms a USING (alarm_id) "
                 "WHERE u.event IN ('raised', 'escalated') ORDER BY u.id").fetchall()
-            first = st.db.execute("SELECT min(ts_ms) FROM samples").fetchone()[0] or 0
+            first = self.t0_ms
             print("\nalarm timeline (raised and escalated; simulated time since the start):")
             i = 0
             while i < len(rows):  # the same alarm on many cells at once is one line
@@ -276,7 +367,7 @@ class Demo:
             levels = sorted({r[3] for r in rows})
             print(f"  levels seen: {', '.join(f'L{x}' for x in levels) or '-'}")
             print("\nstate of health:")
-            print("\n".join(_soh_table(st, self.packs)))
+            print("\n".join(_soh_table(st, self.table_rows())))
             n = st.count("samples")
             print(f"\n{n} samples stored. Database: {st.path}")
             print(f"Look around: packsentry status --db {st.path}")
@@ -285,19 +376,19 @@ class Demo:
             st.close()
 
 
-def _soh_table(st: Storage, packs: list[DemoPack]) -> list[str]:
-    out = [f"{'pack':<8} {'board':>6} {'link':<7} {'chem':<4} {'SoH %':>6} {'cap Ah':>7} "
+def _soh_table(st: Storage, packs: list[tuple[str, int, str, str]]) -> list[str]:
+    """(name, board id, link, chemistry) per pack -> the table's lines."""
+    out = [f"{'pack':<15} {'board':>6} {'link':<7} {'chem':<4} {'SoH %':>6} {'cap Ah':>7} "
            f"{'R0 mOhm':>8} {'alarms':>6}"]
     alarms = st.alarms(active_only=True)
-    for p in packs:
-        est = st.latest_estimates(p.board.board_id)
+    for name, board_id, link, chem in packs:
+        est = st.latest_estimates(board_id)
         soh = [e["soh_pct"] for e in est if e["soh_pct"] is not None]
         cap = [e["capacity_ah"] for e in est if e["capacity_ah"] is not None]
         r0 = [e["r0_mohm"] for e in est if e["r0_mohm"] is not None]
-        mine = [a for a in alarms if a["board_id"] == p.board.board_id]
-        worst = max((a["level"] for a in mine), default=0)
-        out.append(f"{p.name:<8} {p.board.board_id:>6} {p.transport:<7} "
-                   f"{p.board.chemistry:<4} {_f(min(soh) if soh else None, 6, 1)} "
+        worst = max((a["level"] for a in alarms if a["board_id"] == board_id), default=0)
+        out.append(f"{name:<15} {board_id:>6} {link:<7} {chem:<4} "
+                   f"{_f(min(soh) if soh else None, 6, 1)} "
                    f"{_f(min(cap) if cap else None, 7, 2)} "
                    f"{_f(max(r0) if r0 else None, 8, 2)} "
                    f"{(f'L{worst}' if worst else '-'):>6}")
@@ -321,6 +412,8 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
                    help="simulated seconds per real second (default 360: 12 h in 2 min)")
     p.add_argument("--forever", action="store_true", help="keep running until Ctrl-C")
     p.add_argument("--dir", default="packsentry-demo", help="where the database and logs go")
+    p.add_argument("--no-vm", dest="vm", action="store_false",
+                   help="no pack on the real firmware in the MicroPython VM")
     mq = p.add_mutually_exclusive_group()
     mq.add_argument("--mqtt", dest="mqtt", action="store_true", default=None,
                     help="half the packs over MQTT (default: when mosquitto is installed)")
@@ -334,7 +427,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     if args.packs < 6:
         raise UsageError("--packs: at least 6 (the faults are on packs 3 and 6)")
     demo = Demo(Path(args.dir).resolve(), args.packs, args.minutes, args.speed, args.forever,
-                args.mqtt)
+                args.mqtt, vm=args.vm)
     started = datetime.now(UTC)
     try:
         demo.start()

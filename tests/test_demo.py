@@ -19,4 +19,7 @@ def test_a_short_demo_ends_with_alarms_and_a_soh_table(tmp_path: Path) -> None:
     assert "L3" in levels and "L4" in levels
     table = text[text.index("state of health:"):]
     assert all(f"pack {i}" in table for i in range(1, 7))
+    fw = next(line for line in table.splitlines() if "(fw)" in line)  # the real firmware
+    assert fw.split()[6] != "-", fw  # its samples reached the estimator: an SoH figure
+    assert "virtual board stopped" not in out.stderr
     assert f"Database: {tmp_path / 'demo' / 'depot.db'}" in text
