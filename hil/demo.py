@@ -3,14 +3,14 @@
     pack simulator (hil/packsim.py) ─► model boards ─► pseudo-terminals ─┐
                                                    └─► MQTT (a private   ├─► packsentry daemon
                                                        Mosquitto)        │   (a process of its
-    the real firmware in the MicroPython VM (virtual board) ─► pty ──────┘    own) ─► SQLite
+    pack simulator ─► the real firmware in the MicroPython VM ─► pty ────┘    own) ─► SQLite
 
 The daemon runs on its embedded defaults (only the sources, the database path and the
-compressed trend window are configured). Every pack is one model board (hil/model_board.py:
-the firmware's protocol in Python, fast enough for a depot at 300x); one pack is the real
-firmware in the VM when the rig can run it. One pack develops an insulation fault, one a
-thermal-runaway precursor. The terminal shows live SoH and alarms from the daemon's database;
-at the end comes a summary: the alarm timeline, the SoH table, where the database is.
+compressed trend window are configured). Eight packs are model boards (hil/model_board.py:
+the firmware's protocol in Python, fast enough for a depot at 360x); one more is the real
+firmware on the virtual board (hil/virtual_board.py). Pack 3 develops an insulation fault,
+pack 6 a thermal-runaway precursor. The terminal shows live SoH and alarms from the daemon's
+database; at the end comes a summary: the alarm timeline, the SoH table, where the database is.
 """
 
 from __future__ import annotations
