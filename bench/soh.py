@@ -153,7 +153,7 @@ def run(ctx: Context) -> list[Figure]:
         feeder.steps(PROFILE_S if not ctx.smoke else 2)  # through the start-up gap, JIT warm
         fp = filterpy_steps(fleet, fp_n)
         t = ctx.compare({"kernel": (lambda f=feeder, n=n: f.steps(steps[n]), n * steps[n]),
-                         "filterpy": (fp, fp_n)}, runs=11)
+                         "filterpy": (fp, fp_n)}, runs=15)
         est = feeder.bank.estimates()
         details = {"candidate": t["kernel"].details(), "baseline": t["filterpy"].details(),
                    "soc_pct_range": [float(np.nanmin(est["soc_pct"])),
