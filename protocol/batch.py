@@ -3,9 +3,10 @@
 `decode_batch(frames)` takes a micro-batch of bare frames (what `codec.decode_frame` takes one
 at a time) and returns them grouped into `Block`s: frames of one message type, one signing and
 the same counts (n_probes, n_cells, n_samples, n_bytes) share one byte layout, so a block is
-ONE numpy structured array over their bytes (zero-copy: `block.frames["payload"]["cells_mv"]`
-is a (k, n_cells) uint16 view). The dtypes are derived from the construct schemas through
-`layout.py`, like the struct codec's formats: nothing is retyped here.
+ONE numpy structured array of their bytes, whose fields are views without a copy of their own:
+`block.frames["payload"]["cells_mv"]` is a (k, n_cells) uint16 array. The dtypes are derived
+from the construct schemas through `layout.py`, like the struct codec's formats: nothing is
+retyped here.
 
 Acceptance is exactly `codec.decode_frame`'s (the tests hold the two to it on every golden
 vector and on random frames): size, CRC-32, version, type, flags, payload length, count
@@ -358,12 +359,14 @@ def decode_batch(frames: Sequence[Buffer],
     joined.write(_PAD)
     view = joined.getbuffer()
     key_of = _key_lookup(keys)
+    size = joined.tell()
     try:
-        out, rejected = _decode(frames, np.frombuffer(view, np.uint8, joined.tell()), key_of)
+        out, rejected = _decode(frames, np.frombuffer(view, np.uint8, size), key_of)
     finally:
         try:
             view.release()  # every array over it went with _decode's frame ...
-            _scratch.joined = joined
+            if size <= _KEEP_BYTES:  # (an outsized batch's buffer is not kept for good)
+                _scratch.joined = joined
         except BufferError:  # ... unless an exception's traceback holds that frame
             pass
     # the rejected: the per-frame codec names the fault exactly
@@ -379,6 +382,7 @@ def decode_batch(frames: Sequence[Buffer],
 
 
 _scratch = threading.local()
+_KEEP_BYTES = 16 << 20
 
 
 def _decode(frames: Sequence[Buffer], raw: np.ndarray,
