@@ -278,8 +278,9 @@ def run(sc: Scenario, *, transport: str = "serial", board: str = "virtual",
     daemon = Daemon(workdir, f"[daemon]\ngap_settle_s = {GAP_SETTLE_S}\n\n" + source
                     + sc.daemon_toml)
     feed_ms = round(sc.feed_s * 1000)
-    # feeds sent ahead: some 50 ms of real time, within what the VM's heap holds
-    window = min(32, max(8, math.ceil(speed * 0.05 / sc.feed_s)))
+    # feeds sent ahead: about half a second of real time at full speed (they wait in the
+    # VM's socket buffer, outside the board's heap, until the board needs them)
+    window = min(128, max(8, math.ceil(speed * 0.5 / sc.feed_s)))
     end_s = sc.duration_s + sc.drain_s
     last_k = math.ceil((end_s + DRAIN_REAL_S * speed) * 1000 / feed_ms) + 1  # feeds after t=0
 

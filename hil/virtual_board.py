@@ -287,6 +287,9 @@ class VirtualBoard:
             self._events.notify_all()
 
 
+OVERRUN_S = 2.0  # a host that reads nothing for this long (real) loses what the board writes
+
+
 class SerialLine:
     """The virtual board's UART as a host sees it: a pseudo-terminal behind a stable name (as
     udev's /dev/serial/by-id links are), carried to the VM over a TCP connection (the VM's
@@ -409,12 +412,19 @@ class SerialLine:
             if self._master is None:
                 self.lost_unplugged += 1
                 return
-            try:
-                os.write(self._master, data)
-            except BlockingIOError:
-                self.overruns += 1  # nobody reads: a UART has no flow control here
-            except OSError:
-                self.lost_unplugged += 1
+            view = memoryview(data)
+            deadline = time.monotonic() + OVERRUN_S
+            while view:  # a pty takes a few KB at a time: the rest when the host has read
+                try:
+                    view = view[os.write(self._master, view):]
+                except BlockingIOError:
+                    if time.monotonic() > deadline:
+                        self.overruns += 1  # the host has stopped reading: the rest is lost
+                        return
+                    select.select([], [self._master], [], 0.05)
+                except OSError:
+                    self.lost_unplugged += 1
+                    return
 
     def _delayed(self) -> None:
         while not self._stop:
