@@ -10,11 +10,15 @@ NODE_STAMP := node_modules/.installed
 STUBS_DIR   := $(VENV)/micropython-stubs
 STUBS_STAMP := $(STUBS_DIR)/.installed
 
-.PHONY: demo test lint generate prereqs clean typecheck firmware
+.PHONY: bench demo test lint generate prereqs clean typecheck firmware
 
 # A simulated depot through the real daemon, in compressed time; ends by itself (~3 min).
 demo: prereqs $(PY_STAMP) $(NODE_STAMP)
 	$(VENV)/bin/packsentry demo
+
+# Every benchmark against its baseline in the same run -> bench/results/latest.{json,md}.
+bench: prereqs $(PY_STAMP) $(NODE_STAMP)
+	$(PY) -m bench
 
 test: prereqs $(PY_STAMP) $(STUBS_STAMP) $(NODE_STAMP)
 	$(VENV)/bin/ruff check .
