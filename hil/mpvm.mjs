@@ -52,8 +52,10 @@
 // So both are replaced before the port loads. The script's clock then runs N times faster
 // than real time while the script waits, and K times faster while it computes (a timer's
 // callback, i.e. the script's asyncio loop, runs as computing; so does the script's start):
-// asyncio.sleep_ms(1000) takes 1000/N ms of real time and ticks_ms() advances by 1000, and
-// work that takes 0.2 ms of real time costs 0.2*K ms of the script's. K = N (the default) is
+// asyncio.sleep_ms(1000) takes 1000/N ms of real time
+// and ticks_ms() advances by 1000, and work that takes 0.2 ms costs 0.2*K ms of the script's
+// time (the lesser of real and CPU time: the OS running something else meanwhile costs the
+// script nothing). K = N (the default) is
 // plain compression: everything N times faster, computing included, so a loop that does not
 // keep up at N shows it in its own lateness. A smaller K says how much slower the target CPU
 // is than this VM, whatever N (an ESP32 is roughly 10-30 times slower: an estimate).
@@ -379,20 +381,33 @@ function compressTime(speed, cpu, epoch = null) {
   const realNow = Date.now;
   const realSetTimeout = globalThis.setTimeout;
   const realClearTimeout = globalThis.clearTimeout;
-  let anchorReal = performance.now(); // real ms (monotonic) ...
+  // While the script waits its clock follows real time; while it computes, the lesser of
+  // the real time and the CPU time the process has used since (a stretch in which the OS runs
+  // something else costs the script nothing; Node's helper threads' CPU neither).
+  const cpuMs = () => {
+    const u = process.cpuUsage();
+    return (u.user + u.system) / 1000;
+  };
+  let computing = true; // it starts by loading, i.e. computing
+  let anchorReal = performance.now(); // real ms ...
+  let anchorCpu = cpuMs(); // ... CPU ms ...
   let anchorScript = epoch ?? realNow.call(Date); // ... and the script's epoch ms there
-  let rate = cpu; // the script's ms per real ms now: it starts by loading, i.e. computing
+  let rate = cpu; // the script's ms per elapsed ms
   let seen = 0; // the latest time the script was told: its clock never goes back
   let snapped = 0; // script ms taken out by ending sleeps on their deadline (see fire)
-  let computing = true;
   const holds = new Map(); // connection id -> real-time cap timer: the clock is held
   let heldSince = 0;
   let held = 0; // real ms the clock stood still for round trips
   const parked = []; // timers that came due while the clock was held
-  const scriptNow = () => anchorScript + (performance.now() - anchorReal) * rate;
+  const elapsed = () => {
+    const real = performance.now() - anchorReal;
+    return computing ? Math.min(real, cpuMs() - anchorCpu) : real;
+  };
+  const scriptNow = () => anchorScript + elapsed() * rate;
   const anchor = (newRate, at = scriptNow()) => {
     anchorScript = at;
     anchorReal = performance.now();
+    if (computing) anchorCpu = cpuMs();
     rate = newRate;
   };
   const clock = {
@@ -410,8 +425,9 @@ function compressTime(speed, cpu, epoch = null) {
     },
     heldMs: () => held,
     idle() { // the script's top level has handed over to its timers
+      const at = scriptNow();
       computing = false;
-      anchor(holds.size ? 0 : speed);
+      anchor(holds.size ? 0 : speed, at);
     },
     hold(id) {
       if (holds.has(id)) return;
@@ -463,13 +479,14 @@ function compressTime(speed, cpu, epoch = null) {
       if (left > WAIT_COST_MS) Atomics.wait(gate, 0, 0, left - WAIT_COST_MS);
       const start = Math.max(due, seen);
       snapped += Math.max(0, scriptNow() - start);
-      anchor(cpu, start);
       computing = true;
+      anchor(cpu, start);
       try {
         fn(...args);
       } finally {
+        const at = scriptNow();
         computing = false;
-        anchor(holds.size ? 0 : speed);
+        anchor(holds.size ? 0 : speed, at);
       }
     };
     // scheduled while computing: the wait itself passes at the idle rate

@@ -85,6 +85,7 @@ class Report:
     seq: int  # the board's next seq
     acked: int  # the host's cumulative ack point (this boot)
     synced: int  # 1 once the host has set the board's clock
+    stored: int  # frames the board has put in its store so far
     real_s: float  # time.monotonic() when it arrived
 
 
@@ -136,6 +137,7 @@ class VirtualBoard:
         self.final: Final | None = None
         self.failure: str | None = None
         self._ctl: socket.socket | None = None
+        self._feed: socket.socket | None = None
         self._events = threading.Condition()
 
     # -- life -----------------------------------------------------------------------------------
@@ -148,7 +150,10 @@ class VirtualBoard:
         fw, vb = build_vm_tree(self.workdir / "vm")
         server = socket.create_server(("127.0.0.1", 0))
         server.settimeout(0.2)
-        rig = {"control_port": server.getsockname()[1], "feed_ms": self.feed_ms,
+        feed_server = socket.create_server(("127.0.0.1", 0))
+        feed_server.settimeout(0.2)
+        rig = {"control_port": server.getsockname()[1],
+               "feed_port": feed_server.getsockname()[1], "feed_ms": self.feed_ms,
                "min_sleep_ms": self.min_sleep_ms,
                "serial_port": self.serial.port if self.serial else None,
                "mqtt_port": self.mqtt_port}
@@ -169,19 +174,14 @@ class VirtualBoard:
         self.proc.stdin.close()
         deadline = time.monotonic() + timeout_s
         try:
-            while True:
-                try:
-                    self._ctl, _ = server.accept()
-                    break
-                except TimeoutError:
-                    if self.proc.poll() is not None or time.monotonic() > deadline:
-                        raise BoardError(f"the VM did not call back:\n{self.vm_log()}") from None
+            self._ctl = self._accept(server, deadline)
+            self._feed = self._accept(feed_server, deadline)
         finally:
             server.close()
-        self._ctl.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            feed_server.close()
         threading.Thread(target=self._read, daemon=True, name="vboard-ctl").start()
-        self._line("L", json.dumps(self.layout))
-        self._line("I", json.dumps(self.static))
+        self._line("L", json.dumps(self.layout), to=self._feed)
+        self._line("I", json.dumps(self.static), to=self._feed)
         for k, values in enumerate(feeds):
             self.send(k, values)
         with self._events:
@@ -195,7 +195,18 @@ class VirtualBoard:
 
     def send(self, k: int, values: list[int]) -> None:
         """The readings of feed k (applied k * feed_ms after the board started)."""
-        self._line("R", k, struct.pack(f"<{len(values)}i", *values).hex())
+        self._line("R", k, struct.pack(f"<{len(values)}i", *values).hex(), to=self._feed)
+
+    def _accept(self, server: socket.socket, deadline: float) -> socket.socket:
+        assert self.proc is not None
+        while True:
+            try:
+                conn, _ = server.accept()
+                conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+                return conn
+            except TimeoutError:
+                if self.proc.poll() is not None or time.monotonic() > deadline:
+                    raise BoardError(f"the VM did not call back:\n{self.vm_log()}") from None
 
     def set_wifi(self, up: bool) -> None:
         self._line("W", 1 if up else 0)
@@ -239,19 +250,21 @@ class VirtualBoard:
         if self.proc is not None and self.proc.poll() is None:
             self.proc.kill()
             self.proc.wait()
-        if self._ctl is not None:
-            with contextlib.suppress(OSError):
-                self._ctl.close()
+        for conn in (self._ctl, self._feed):
+            if conn is not None:
+                with contextlib.suppress(OSError):
+                    conn.close()
 
     def vm_log(self, tail: int = 3000) -> str:
         return self.log.read_text(errors="replace")[-tail:] if self.log.exists() else ""
 
     # -- control channel --------------------------------------------------------------------
 
-    def _line(self, *fields: Any) -> None:
-        if self._ctl is None:
+    def _line(self, *fields: Any, to: socket.socket | None = None) -> None:
+        conn = to or self._ctl
+        if conn is None:
             raise BoardError("the board is not started")
-        self._ctl.sendall((" ".join(str(f) for f in fields) + "\n").encode())
+        conn.sendall((" ".join(str(f) for f in fields) + "\n").encode())
 
     def _read(self) -> None:
         assert self._ctl is not None

@@ -5,10 +5,12 @@ firmware's main.py, started as the board starts it.
     await main()
 
 What it does, in order:
-1. Reads /rig.json (written by hil/virtual_board.py): the control port, the serial line's
-   port (or none: an MQTT board), the broker's port, the shortest sleep.
-2. Connects the control channel (a TCP connection through the VM's socket stand-in, one line
-   per message) and waits for the sensor layout, the static devices and the first readings.
+1. Reads /rig.json (written by hil/virtual_board.py): the control and feed ports, the serial
+   line's port (or none: an MQTT board), the broker's port, the shortest sleep.
+2. Connects the control channel and the feed channel (TCP connections through the VM's
+   socket stand-in, one line per message; feeds are read only as the board needs them, the
+   rest waits in Node's buffer, outside the board's heap) and waits for the sensor layout,
+   the static devices and the first readings.
 3. Makes what the port lacks: `asyncio.run` (main.py's last line) starts the board as a task,
    since this port's event loop is JS's. At speed N, sleeps shorter than the shortest sleep
    take that long (see docs/hil.md, "Virtual board": a sleep of less than about a real
@@ -21,7 +23,7 @@ What it does, in order:
 5. Applies each second's readings on time (by the board's clock), reports the board's clock,
    watchdog and heap to the rig, obeys WiFi and speed changes, and stops on request.
 
-Control lines, rig -> board:
+Feed lines, rig -> board:
     L <json>          layout: what each reading value drives, [kind, a, b] per value:
                       [0, pin] ADC uV, [1, pin, channel] switched/multiplexed ADC uV,
                       [2, address, register] an I2C register byte
@@ -30,16 +32,19 @@ Control lines, rig -> board:
     R <k> <hex>       the readings of feed k (applied at k * feed_ms after the board started):
                       the layout's values as little-endian int32, in hex (one C call to
                       decode: parsing them in Python would cost the board's heap and time)
+Control lines, rig -> board:
     W 0|1             WiFi down / up (network stand-in)
     S <speed> <cpu> <min_sleep_ms>   change the time compression
     Q                 stop the board and end
 board -> rig:
     B <boot> <free> <epoch_ms>   the board started (boot counter, gc.mem_free(), its clock)
     T <k> <ms> <wdt_late> <wdt_max_gap_ms> <free> <starved> <snapped_ms> <pending> <seq>
-      <acked> <synced>  feed k applied at ms (board ticks since start); pending: frames in
+      <acked> <synced> <stored>
+                      feed k applied at ms (board ticks since start); pending: frames in
                       the board's store not yet acknowledged by the host; seq: the next seq;
                       acked: the host's cumulative ack point (this boot); synced: 1 once a
-                      host (or NTP) has set the board's clock
+                      host (or NTP) has set the board's clock; stored: frames the board has
+                      put in its store so far
     E <seq> <pending> <link_dropped> <wdt_late> <min_free> <starved> <store_dropped>
       <stored>        stopped; stored: frames the board put in its store (all boot)
     X <text>          the board did not start (main.py raised)
@@ -158,7 +163,8 @@ async def main():
         __import__(name)
         await _sleep_ms(1)  # collect the import's garbage (see 4. above)
     feed_ms = rig["feed_ms"]
-    ctl = Control(rig["control_port"])
+    ctl = Control(rig["control_port"])  # commands in, reports out
+    feeds = Control(rig["feed_port"])  # layout, static inputs and readings, read as needed
     inputs = Inputs()
     socket.time_sync_spec = _wire_spec()
     if rig.get("mqtt_port"):
@@ -172,7 +178,7 @@ async def main():
 
     readings = {}
     while 0 not in readings or inputs.layout is None:  # the board starts with real inputs
-        for line in ctl.lines():
+        for line in feeds.lines():
             _handle(line, ctl, inputs, readings, None)
             await _sleep_ms(1)  # each line's garbage goes before the next (see 4. above)
         await _sleep_ms(5)
@@ -205,8 +211,8 @@ async def main():
                   time.ticks_diff(time.ticks_ms(), t0), "ms:", repr(client.last_error))
         for line in ctl.lines():
             _handle(line, ctl, inputs, readings, stop)
-        while k not in readings and not stop[0]:  # the next feed first
-            got = ctl.lines()
+        while k not in readings and not stop[0]:  # the next feed, no more (heap)
+            got = feeds.lines()
             if not got:
                 break
             for line in got:
@@ -224,7 +230,7 @@ async def main():
             store = board.store
             ctl.send("T", k, now, out["wdt_late"], out["wdt_max_gap_ms"], free, starved,
                      int(js.mpvmClock.snappedMs()), store.pending_count if store else 0,
-                     board.seq, board.acked_seq, 1 if board.clock.synced else 0)
+                     board.seq, board.acked_seq, 1 if board.clock.synced else 0, stored[0])
             k += 1
             continue
         await _sleep_ms(min(k * feed_ms - now, 200))
