@@ -166,8 +166,9 @@ def _alarm(d: Mapping[str, Any], where: str) -> AlarmExpectation:
         raise ScenarioError(f"{where}: {exc.args[0]} is required") from None
     from packsentry.protocol import schema
 
-    if a.rule not in schema.AlarmRule.encmapping:
-        near = difflib.get_close_matches(a.rule, list(schema.AlarmRule.encmapping), n=1)
+    rules = [str(r) for r in schema.AlarmRule.encmapping]
+    if a.rule not in rules:
+        near = difflib.get_close_matches(a.rule, rules, n=1)
         raise ScenarioError(f"{where}: unknown rule {a.rule!r}"
                             + (f" (did you mean {near[0]!r}?)" if near else ""))
     if not 1 <= a.level <= 4:
