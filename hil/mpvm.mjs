@@ -54,8 +54,8 @@
 // callback, i.e. the script's asyncio loop, runs as computing; so does the script's start):
 // asyncio.sleep_ms(1000) takes 1000/N ms of real time
 // and ticks_ms() advances by 1000, and work that takes 0.2 ms costs 0.2*K ms of the script's
-// time (the lesser of real and CPU time: the OS running something else meanwhile costs the
-// script nothing). K = N (the default) is
+// time (one callback at most 20 ms of real time: beyond, the machine was busy elsewhere).
+// K = N (the default) is
 // plain compression: everything N times faster, computing included, so a loop that does not
 // keep up at N shows it in its own lateness. A smaller K says how much slower the target CPU
 // is than this VM, whatever N (an ESP32 is roughly 10-30 times slower: an estimate).
@@ -381,16 +381,14 @@ function compressTime(speed, cpu, epoch = null) {
   const realNow = Date.now;
   const realSetTimeout = globalThis.setTimeout;
   const realClearTimeout = globalThis.clearTimeout;
-  // While the script waits its clock follows real time; while it computes, the lesser of
-  // the real time and the CPU time the process has used since (a stretch in which the OS runs
-  // something else costs the script nothing; Node's helper threads' CPU neither).
-  const cpuMs = () => {
-    const u = process.cpuUsage();
-    return (u.user + u.system) / 1000;
-  };
-  let computing = true; // it starts by loading, i.e. computing
+  // While the script waits its clock follows real time; while it computes too, except that
+  // one callback is never charged more than MAX_CALLBACK_MS of real time: a callback that
+  // took longer was the machine running something else (a board's MicroPython GC or its
+  // 1 Hz tick take a few ms here), and that must not cost the script seconds of its time.
+  const MAX_CALLBACK_MS = 20;
+  let computing = true; // it starts by loading, i.e. computing (uncapped: a long import)
+  let capped = false;
   let anchorReal = performance.now(); // real ms ...
-  let anchorCpu = cpuMs(); // ... CPU ms ...
   let anchorScript = epoch ?? realNow.call(Date); // ... and the script's epoch ms there
   let rate = cpu; // the script's ms per elapsed ms
   let seen = 0; // the latest time the script was told: its clock never goes back
@@ -401,13 +399,12 @@ function compressTime(speed, cpu, epoch = null) {
   const parked = []; // timers that came due while the clock was held
   const elapsed = () => {
     const real = performance.now() - anchorReal;
-    return computing ? Math.min(real, cpuMs() - anchorCpu) : real;
+    return capped ? Math.min(real, MAX_CALLBACK_MS) : real;
   };
   const scriptNow = () => anchorScript + elapsed() * rate;
   const anchor = (newRate, at = scriptNow()) => {
     anchorScript = at;
     anchorReal = performance.now();
-    if (computing) anchorCpu = cpuMs();
     rate = newRate;
   };
   const clock = {
@@ -480,12 +477,13 @@ function compressTime(speed, cpu, epoch = null) {
       const start = Math.max(due, seen);
       snapped += Math.max(0, scriptNow() - start);
       computing = true;
+      capped = true;
       anchor(cpu, start);
       try {
         fn(...args);
       } finally {
         const at = scriptNow();
-        computing = false;
+        computing = capped = false;
         anchor(holds.size ? 0 : speed, at);
       }
     };
