@@ -23,7 +23,7 @@ from packsentry.hil import rig, scenario
 
 HOST_SOH = ("host SoH of a healthy 14S 50 Ah NMC pack after one depot day reads 117-120 % "
             "(capacity ~59 Ah from the first rest-to-rest pair across a 0.15C drive), at 1 s "
-            "and 10 s reporting alike (122-127 % at 60 s): the SoH estimator's, not the rig's")
+            "and 10 s reporting alike (222-227 % at 60 s): the SoH estimator's, not the rig's")
 HOST_LATE_REPLAY = ("the host ignores the board's alarm frames and samples re-sent after an "
                     "outage (older than the newest live sample it evaluated): its alarm comes "
                     "after the outage although the board's own alarm frame carries the time")
