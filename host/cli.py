@@ -6,6 +6,7 @@ import argparse
 import sys
 
 from packsentry.hil import capture, demo, replay, trace_cli
+from packsentry.hil import cli as hil_cli
 from packsentry.protocol import cli as protocol_cli
 
 from . import board, operator_cli
@@ -23,6 +24,7 @@ def build_parser() -> argparse.ArgumentParser:
     trace_cli.add_parsers(sub)
     replay.add_parsers(sub)
     demo.add_parsers(sub)
+    hil_cli.add_parsers(sub)
     return parser
 
 
