@@ -15,11 +15,11 @@ import persist
 import wire
 from clock import Clock, ntp_unix_ms
 from cobs import cobs_decode_into, cobs_encode_into, max_encoded_size
-from commands import INVALID, OK, parse_command
+from commands import DISABLED, INVALID, OK, parse_command
 from frames import FrameWriter
 from ring import PreEventRing
 from safety import LocalSafety
-from sampler import Sampler
+from sampler import InjectedSampler, Sampler
 
 FW_VERSION = (0, 1, 0)
 TICK_MS = 1_000  # sampling and local safety rate
@@ -82,10 +82,19 @@ class Board:
             from signer import Signer
 
             self.signer = Signer(cfg.key)
-        if i2c is None and (cfg["n_cells"] or cfg["current_sensor"] == "ina226"):
-            i2c = machine.I2C(0, scl=machine.Pin(cfg["pins.i2c_scl"]),
-                              sda=machine.Pin(cfg["pins.i2c_sda"]))
-        self.sampler = Sampler(machine, cfg, i2c)
+        # 1 Hz, or faster if reporting is: local safety and the pre-event ring need >= 1 Hz
+        self.tick_ms = min(TICK_MS, cfg["sample_period_ms"])
+        # readings from a HIL rig's `inject` commands instead of the sensors (a bench board)
+        self.injected = cfg["sensor_source"] == "injected"
+        if self.injected:
+            print("sensor_source injected: readings come from the host's inject commands")
+            # a reading holds for two ticks: one late inject is not a gap
+            self.sampler = InjectedSampler(cfg, 2 * self.tick_ms)
+        else:
+            if i2c is None and (cfg["n_cells"] or cfg["current_sensor"] == "ina226"):
+                i2c = machine.I2C(0, scl=machine.Pin(cfg["pins.i2c_scl"]),
+                                  sda=machine.Pin(cfg["pins.i2c_sda"]))
+            self.sampler = Sampler(machine, cfg, i2c)
         s = self.sampler
         self.writer = FrameWriter(cfg["board_id"], self.boot, s.n_probes, s.n_cells, 1,
                                   self.signer)
@@ -101,12 +110,11 @@ class Board:
         self.clock = Clock()
         self.safety = LocalSafety(cfg["chemistry"], cfg["max_pack_mv"], cfg["max_temp_dc"],
                                   cfg["thresholds"])
-        # 1 Hz, or faster if reporting is: local safety and the pre-event ring need >= 1 Hz
-        self.tick_ms = min(TICK_MS, cfg["sample_period_ms"])
         # the 30 s before an event, capped at 60 samples (heap) when ticking faster than 2 Hz
         self.ring = PreEventRing(s.n_probes, s.n_cells, min(60, 30_000 // self.tick_ms))
         self.alarm_pin = machine.Pin(cfg["pins.alarm_out"], machine.Pin.OUT, value=0)
-        self.insulation = self._insulation(machine, cfg)
+        # injected readings carry the insulation too: no bridge to switch
+        self.insulation = None if self.injected else self._insulation(machine, cfg)
         self.seq = 0
         self.acked_seq = 0
         self.rx_errors = 0
@@ -186,7 +194,7 @@ class Board:
         """Sample, evaluate, and report if due. Allocates nothing while no alarm changes."""
         s = self.sampler
         w = self.writer
-        s.read()
+        s.read(now_ms)
         self.clock.now_into(w.ts)
         safety = self.safety
         level = safety.evaluate(now_ms, s.pack_mv, s.temps_dc, s.n_probes, s.cells_mv,
@@ -264,6 +272,12 @@ class Board:
             self.resend_due = self.store is not None
         elif t == wire.MSG_REBOOT:
             self.reboot_at = time.ticks_add(time.ticks_ms(), cmd.delay_ms)
+        elif t == wire.MSG_INJECT:
+            sampler = self.sampler
+            if not isinstance(sampler, InjectedSampler):
+                return DISABLED  # sensor_source "hardware": never readings from the link
+            if not sampler.inject(cmd, time.ticks_ms()):
+                return INVALID  # not this board's probe and cell counts
         return OK
 
     async def _send_pre_event(self) -> None:

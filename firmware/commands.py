@@ -2,8 +2,9 @@
 from the serial stream's COBS). Commands are rare, so clarity beats allocation here.
 
 Authentication policy: a board with a key accepts only commands carrying a valid tag for it;
-`config_update` and `reboot` change the board, so they are refused unsigned even by a board
-that has no key (provision one first).
+`config_update`, `reboot` and `inject` change the board (or the readings its safety rules
+act on), so they are refused unsigned even by a board that has no key (provision one first).
+`inject` is parsed here; whether the board takes it is its config's (app.py).
 """
 
 import struct
@@ -15,8 +16,9 @@ OK = wire.RESULT_OK
 BAD_TAG = wire.RESULT_BAD_TAG
 INVALID = wire.RESULT_INVALID
 UNSUPPORTED = wire.RESULT_UNSUPPORTED
+DISABLED = wire.RESULT_DISABLED
 
-_MUST_SIGN = (wire.MSG_CONFIG_UPDATE, wire.MSG_REBOOT)
+_MUST_SIGN = (wire.MSG_CONFIG_UPDATE, wire.MSG_REBOOT, wire.MSG_INJECT)
 
 
 class Command:
@@ -33,6 +35,14 @@ class Command:
         self.config_version = 0  # config_update
         self.config_json = b""
         self.delay_ms = 0  # reboot
+        self.n_probes = 0  # inject: the reading's scalars; its arrays stay in `frame`
+        self.n_cells = 0
+        self.pack_mv = 0
+        self.current_ma = 0
+        self.riso_pos_kohm = 0
+        self.riso_neg_kohm = 0
+        self.frame = b""
+        self.arrays_off = 0  # temps_dc (i16 each), then cells_mv (u16 each)
 
     def __repr__(self) -> str:
         return f"Command(type=0x{self.msg_type:02x}, seq={self.seq}, result={self.result})"
@@ -85,8 +95,15 @@ def parse_command(frame, board_id: int, signer=None) -> Command:
         pass
     elif msg_type == wire.MSG_REBOOT and payload_len == wire.REBOOT_SIZE:
         (cmd.delay_ms,) = struct.unpack_from(wire.REBOOT_FMT, frame, p)
+    elif msg_type == wire.MSG_INJECT and payload_len >= wire.INJECT_SIZE:
+        (cmd.n_probes, cmd.n_cells, cmd.pack_mv, cmd.current_ma, cmd.riso_pos_kohm,
+         cmd.riso_neg_kohm) = struct.unpack_from(wire.INJECT_FMT, frame, p)
+        if wire.INJECT_SIZE + 2 * (cmd.n_probes + cmd.n_cells) != payload_len:
+            return cmd
+        cmd.frame = frame  # valid while the command is handled: the sampler copies it
+        cmd.arrays_off = p + wire.INJECT_SIZE
     elif msg_type in (wire.MSG_TIME_SYNC, wire.MSG_ACK, wire.MSG_CONFIG_UPDATE,
-                      wire.MSG_REBIRTH, wire.MSG_REBOOT):
+                      wire.MSG_REBIRTH, wire.MSG_REBOOT, wire.MSG_INJECT):
         return cmd  # known command, wrong length
     else:
         cmd.result = UNSUPPORTED

@@ -62,6 +62,9 @@ FIELDS = (
     ("ntc_mux_probes", 0, (0, 32)),  # 0: no multiplexer, probes wired to pins.ntc
     ("pins.ntc_mux_adc", 33, "adc1"),
     ("pins.ntc_mux_select", [], "gpio list"),  # select lines, least significant bit first
+    # Where readings come from: the sensors, or a HIL rig's signed `inject` commands (a bench
+    # board, never one in the field). Missing or bad: "hardware", so injection stays off.
+    ("sensor_source", "hardware", ("hardware", "injected")),
 )
 
 

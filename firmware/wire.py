@@ -6,7 +6,7 @@ little-endian. Frame: header | payload | crc32 (u32) | tag (TAG_LEN, if signed).
 from micropython import const
 
 PROTOCOL_VERSION = const(1)
-SCHEMA_FINGERPRINT = const(0xf9a6dcb5)
+SCHEMA_FINGERPRINT = const(0xdbcbd3d6)
 TAG_LEN = const(16)
 CRC_LEN = const(4)
 
@@ -34,6 +34,7 @@ MSG_ACK = const(0x11)
 MSG_CONFIG_UPDATE = const(0x12)
 MSG_REBIRTH = const(0x13)
 MSG_REBOOT = const(0x14)
+MSG_INJECT = const(0x15)
 
 # frame flags
 FLAG_HISTORICAL = const(0x1)
@@ -90,6 +91,7 @@ RESULT_BAD_TAG = const(1)
 RESULT_INVALID = const(2)
 RESULT_UNSUPPORTED = const(3)
 RESULT_STALE = const(4)
+RESULT_DISABLED = const(5)
 
 # markers: abnormal (top value - 1) and invalid (top value), per field type
 U8_ABNORMAL = const(0xfe)
@@ -218,3 +220,15 @@ REBIRTH_SIZE = const(0)
 REBOOT_FMT = "<I"
 REBOOT_SIZE = const(4)
 REBOOT_OFF_DELAY_MS = const(0)  # u32
+
+# inject
+INJECT_FMT = "<BHIiHH"
+INJECT_SIZE = const(15)
+INJECT_OFF_N_PROBES = const(0)  # u8
+INJECT_OFF_N_CELLS = const(1)  # u16
+INJECT_OFF_PACK_MV = const(3)  # u32
+INJECT_OFF_CURRENT_MA = const(7)  # i32
+INJECT_OFF_RISO_POS_KOHM = const(11)  # u16
+INJECT_OFF_RISO_NEG_KOHM = const(13)  # u16
+INJECT_TEMPS_DC_FMT = "h"  # per n_probes
+INJECT_CELLS_MV_FMT = "H"  # per n_cells

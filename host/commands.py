@@ -1,8 +1,10 @@
-"""Host -> board command frames: time sync, ack, rebirth, config update, reboot.
+"""Host -> board command frames: time sync, ack, rebirth, config update, reboot, inject.
 
-A board with a key accepts only commands signed with it, and `config_update` / `reboot` must
-be signed whatever the board (firmware/commands.py): so every command to a board we hold a
-key for is signed, and those two are refused here without one, before anything is sent.
+A board with a key accepts only commands signed with it, and `config_update`, `reboot` and
+`inject` must be signed whatever the board (firmware/commands.py): so every command to a
+board we hold a key for is signed, and those three are refused here without one, before
+anything is sent. `inject` sets the readings of a board in injected-sensor mode (a HIL rig's
+board, hil/real_board.py): readings that drive a safety device's alarms.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ from typing import Any, Protocol
 
 from packsentry.protocol import codec
 
-MUST_SIGN = ("config_update", "reboot")
+MUST_SIGN = ("config_update", "reboot", "inject")
 
 
 class BoardLink(Protocol):
@@ -66,3 +68,12 @@ class Commands:
         body = json.dumps(config, separators=(",", ":")).encode()
         return self.frame(board_id, "config_update",
                           {"config_version": version, "n_bytes": len(body), "config_json": body})
+
+    def inject(self, board_id: int, reading: Mapping[str, Any]) -> bytes:
+        """One reading in board units, a sample's fields (pack_mv, current_ma,
+        riso_pos_kohm, riso_neg_kohm, temps_dc, cells_mv; markers as in a sample)."""
+        temps, cells = list(reading["temps_dc"]), list(reading["cells_mv"])
+        return self.frame(board_id, "inject", {
+            "n_probes": len(temps), "n_cells": len(cells), "pack_mv": reading["pack_mv"],
+            "current_ma": reading["current_ma"], "riso_pos_kohm": reading["riso_pos_kohm"],
+            "riso_neg_kohm": reading["riso_neg_kohm"], "temps_dc": temps, "cells_mv": cells})

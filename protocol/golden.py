@@ -108,6 +108,10 @@ def examples() -> dict[str, list[tuple[str, dict[str, Any], bool]]]:
         "rebirth": [("plain", {**_header("rebirth", 11, boot=1), "payload": {}}, False)],
         "reboot": [("in_1s", {**_header("reboot", 12, boot=1), "payload": {"delay_ms": 1_000}},
                     True)],
+        "inject": [("two_probes_three_cells", {**_header("inject", 13, boot=1), "payload": {
+            "n_probes": 2, "n_cells": 3, "pack_mv": 11_100, "current_ma": -2_500,
+            "riso_pos_kohm": 4_444, "riso_neg_kohm": 0xFFFF, "temps_dc": [251, 0x7FFE],
+            "cells_mv": [3_700, 3_701, 3_699]}}, True)],
     }
 
 

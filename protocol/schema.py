@@ -65,6 +65,7 @@ MsgType = Enum(
     config_update=0x12,
     rebirth=0x13,
     reboot=0x14,
+    inject=0x15,
 )
 
 FrameFlags = FlagsEnum(
@@ -106,7 +107,9 @@ CurrentSensor = Enum(Int8ul, shunt=1, ina226=2)
 AlarmEvent = Enum(Int8ul, raised=1, cleared=2)
 AlarmSubject = Enum(Int8ul, pack=0, cell=1, probe=2)
 Link = Enum(Int8ul, serial=1, mqtt=2)
-CommandResult = Enum(Int8ul, ok=0, bad_tag=1, invalid=2, unsupported=3, stale=4)
+# disabled: the board's config does not allow the command (inject on a board whose
+# sensor_source is "hardware")
+CommandResult = Enum(Int8ul, ok=0, bad_tag=1, invalid=2, unsupported=3, stale=4, disabled=5)
 
 Header = Struct(
     "version" / Int8ul * "protocol version; a host refuses versions it does not speak",
@@ -121,11 +124,14 @@ Header = Struct(
 # The measured values a sample carries; shared by `sample` and the records of `batch`.
 # Unsigned fields use their two top values as markers (0xFFFE abnormal, 0xFFFF invalid for
 # 16 bits); signed fields the two top positive values (0x7FFE, 0x7FFF for 16 bits).
-_measurement = (
+_reading = (
     "pack_mv" / Int32ul * "pack voltage, mV",
     "current_ma" / Int32sl * "pack current, mA, + = discharge",
     "riso_pos_kohm" / Int16ul * "insulation resistance HV+ to chassis, kOhm",
     "riso_neg_kohm" / Int16ul * "insulation resistance HV- to chassis, kOhm",
+)
+_measurement = (
+    *_reading,
     "alarm_level" / Int8ul * "highest local alarm level on the board, 0-4",
     "alarm_flags" / AlarmFlags * "active local alarms (GB/T 32960 bit layout)",
 )
@@ -218,6 +224,17 @@ Rebirth = Struct()
 
 Reboot = Struct("delay_ms" / Int32ul * "reboot after this many ms")
 
+# One reading for a board in injected-sensor mode (config sensor_source = "injected": a HIL
+# rig's board, never one in the field): exactly a sample's reading, markers included; the
+# board computes alarm_level and alarm_flags from it as from its own sensors.
+Inject = Struct(
+    "n_probes" / Int8ul * "temperature probes that follow (must be the board's count)",
+    "n_cells" / Int16ul * "cell voltages that follow (must be the board's count)",
+    *_reading,
+    "temps_dc" / Array(this.n_probes, Int16sl) * "probe temperatures, 0.1 degC",
+    "cells_mv" / Array(this.n_cells, Int16ul) * "cell voltages, mV",
+)
+
 # Payload schema per message type; the order here is the order of the docs.
 PAYLOADS = {
     "birth": Birth,
@@ -231,6 +248,7 @@ PAYLOADS = {
     "config_update": ConfigUpdate,
     "rebirth": Rebirth,
     "reboot": Reboot,
+    "inject": Inject,
 }
 
 # The reference frame. `payload_len` is the Prefixed length right after the header; CRC and

@@ -192,6 +192,67 @@ print(measure(), uart.bytes, board.seq)
     assert allocated == 0, f"{allocated} bytes allocated over 1000 ticks"
 
 
+BOARD = CONFIG["board_id"]
+INJECTED = {"pack_mv": 14_321, "current_ma": -2_345, "riso_pos_kohm": 4_321,
+            "riso_neg_kohm": 3_210, "temps_dc": [317, -52], "cells_mv": [3_581, 3_582, 3_583,
+                                                                     3_584]}
+
+
+def test_an_injected_tick_allocates_nothing() -> None:
+    """sensor_source injected (a HIL rig's board): 1 000 ticks on fresh injections (one
+    every other tick, outside the measurement: a command's signature check allocates), then
+    1 000 on a stale one (INVALID): no heap growth either way."""
+    config = {**CONFIG, "sensor_source": "injected"}
+    res = run_micropython(f"""
+{IMPORTS}os.mkdir('/flash')
+class Wire:  # a UART that costs nothing itself, so only the firmware is measured
+    def __init__(self):
+        self.bytes = 0
+    def write(self, buf, off=0, sz=None):
+        self.bytes += sz
+        return sz
+    def any(self):
+        return 0
+cfg = config.parse({json.dumps(config)!r})
+board = app.Board(cfg, machine, app.SerialLink(Wire(), 2048), root='/flash/',
+                  persist_frames=False)
+board.clock.sync(1_764_000_000_000)
+from signer import Signer
+import time
+cmd = __import__('commands').parse_command(memoryview({codec.encode_frame({
+    "msg_type": "inject", "flags": 0, "board_id": BOARD, "boot": 1, "seq": 1, "ts_ms": 0,
+    "payload": {"n_probes": 2, "n_cells": 4, **INJECTED}}, key=golden.GOLDEN_KEY)!r}), {BOARD},
+    Signer({golden.GOLDEN_KEY!r}))
+assert cmd.result == 0, cmd
+now = time.ticks_ms()
+for i in range(50):
+    board.sampler.inject(cmd, now + 100 * i)
+    board.tick(now + 100 * i)
+await asyncio.sleep_ms(5)
+def fresh():  # injected every other tick: a reading holds for two (200 ms)
+    total = 0
+    for j in range(500):
+        t = now + 5_000 + 200 * j
+        board.sampler.inject(cmd, t)
+        before = gc.mem_alloc()
+        board.tick(t)
+        board.tick(t + 100)
+        total += gc.mem_alloc() - before
+    return total
+def stale():
+    before = gc.mem_alloc()
+    for i in range(1000):
+        board.tick(now + 200_000 + 100 * i)
+    return gc.mem_alloc() - before
+print(fresh(), board.sampler.pack_mv, stale(), board.sampler.pack_mv == 0xFFFFFFFF, board.seq)
+""", dirs={"/firmware": REPO / "firmware", "/vboard": REPO / "hil" / "vboard"},
+        timeout_s=60).check()
+    fresh, pack_mv, stale, invalid, seq = res.stdout.split()[-5:]
+    assert int(pack_mv) == INJECTED["pack_mv"] and invalid == "True"
+    assert int(seq) >= 2000  # it reported every tick
+    assert (int(fresh), int(stale)) == (0, 0), f"{fresh} B fresh, {stale} B stale"
+
+
 @pytest.mark.parametrize("n_cells", [4, 16])  # no chip on the bus; more than one chip's 15
 def test_a_cell_monitor_that_cannot_start_does_not_stop_the_board(n_cells: int) -> None:
     """Cells read INVALID, everything else keeps running. A board that raised here would
