@@ -156,6 +156,7 @@ class _Track:
     board_threshold: float | None = None
     board_subject: str = "pack"
     board_index: int = 0
+    board_ms: int = 0  # time of the newest board alarm frame applied (older ones are stale)
     # lifecycle
     raises_ms: list[int] = field(default_factory=list)  # recurrence history
     shelved_until_ms: int | None = None
@@ -206,6 +207,7 @@ class _Board:
     in_service: bool = True
     last_sample_ms: int | None = None  # newest sample evaluated
     last_frame_ms: int | None = None  # newest frame of any kind (silence)
+    flags: int = 0  # alarm_flags of the newest sample evaluated: the board's alarms now
     offline: bool = False  # MQTT last will seen and nothing since
     first_sample_ms: int | None = None  # since the profile was set
     riso_seen: bool = False  # a valid insulation reading since the profile was set
@@ -237,8 +239,13 @@ class _Board:
 
 
 class AlarmEngine:
-    def __init__(self, settings: AlarmSettings | None = None) -> None:
+    def __init__(self, settings: AlarmSettings | None = None, *,
+                 silence_on_host_clock: bool = False) -> None:
         self.settings = settings or AlarmSettings()
+        # Silence is measured on the host's clock when the caller reports receptions with
+        # on_heard() (the daemon): a board's own stamps are its uptime until its clock is
+        # set, and a compressed or drifting board clock must not make it look silent.
+        self.silence_on_host_clock = silence_on_host_clock
         self._boards: dict[int, _Board] = {}
         self._tracks: dict[tuple[int, str, str], _Track] = {}
         self._by_id: dict[int, _Track] = {}
@@ -320,15 +327,21 @@ class AlarmEngine:
 
     def on_board_alarm(self, board_id: int, ts_ms: int, a: Mapping[str, Any]) -> list[AlarmEvent]:
         """A board's local alarm frame: the same alarm instance as the host's own evaluation of
-        that rule (highest level wins). A frame older than the newest sample is ignored: the
-        flags of that newer sample already told the board's state."""
+        that rule (highest level wins), at the board's time.
+
+        A frame older than the newest sample evaluated (re-sent after an outage the host could
+        not wait out) is still news when it raises: the episode happened, at its time, and
+        counts for recurrence; if the newer sample's flags show the board's alarm gone, the
+        episode closes at that sample. A late clear tells nothing the newer flags did not."""
         b, p = self._board(board_id)
-        if b.last_sample_ms is not None and ts_ms < b.last_sample_ms:
-            return []
-        out = self._expire_shelves(ts_ms)
-        out += self._heard(b, board_id, ts_ms)
         rule = str(a["rule"])
         tr = self._track(board_id, rule, "")
+        late = b.last_sample_ms is not None and ts_ms < b.last_sample_ms
+        if ts_ms < tr.board_ms or (late and a["event"] != "raised"):
+            return []
+        tr.board_ms = ts_ms
+        out = self._expire_shelves(ts_ms)
+        out += self._heard(b, board_id, ts_ms)
         value, threshold = a.get("value"), a.get("threshold")
         if rule == "insulation":  # the board sends kOhm; alarms speak Ohm per volt
             value = None if value is None else round(value * 1e6 / p.max_pack_mv)
@@ -340,7 +353,20 @@ class AlarmEngine:
             tr.board_level = int(a["level"])
         elif rule != "thermal_event":  # the board's L4 latches until it reboots
             tr.board_level = 0
-        return out + self._apply(tr, ts_ms)
+        out += self._apply(tr, ts_ms)
+        if late and rule in _FLAGS and not b.flags & _FLAGS[rule] and rule != "thermal_event":
+            tr.board_level = 0
+            assert b.last_sample_ms is not None
+            out += self._apply(tr, b.last_sample_ms)
+        return out
+
+    def on_heard(self, board_id: int, now_ms: int) -> list[AlarmEvent]:
+        """Frames from the board arrived at the host's time now_ms (silence_on_host_clock)."""
+        b = self._boards.get(board_id)
+        if b is None or b.profile is None:
+            return []
+        b.last_frame_ms = now_ms if b.last_frame_ms is None else max(b.last_frame_ms, now_ms)
+        return self._heard(b, board_id, now_ms)
 
     def on_link(self, board_id: int, ts_ms: int, online: bool) -> list[AlarmEvent]:
         """Link news: offline is the MQTT last will (board_silent L1 at once); online means
@@ -509,6 +535,7 @@ class AlarmEngine:
         """A sample's alarm_flags are the board's local alarms now (they also stand in for an
         alarm frame the board had to drop). A thermal event flag that goes away (the board
         rebooted) ends the board's part only: the host's latch waits for a person."""
+        self._boards[board_id].flags = flags
         for rule, mask in _FLAGS.items():
             if rule == "board_silent":
                 continue  # a board that reports is not silent, whatever it claims
@@ -1009,7 +1036,8 @@ class AlarmEngine:
 
     def _heard(self, b: _Board, board_id: int, ts_ms: int) -> list[AlarmEvent]:
         """A frame (or an online notice) arrived: the board is not silent."""
-        b.last_frame_ms = ts_ms if b.last_frame_ms is None else max(b.last_frame_ms, ts_ms)
+        if not self.silence_on_host_clock:
+            b.last_frame_ms = ts_ms if b.last_frame_ms is None else max(b.last_frame_ms, ts_ms)
         b.offline = False
         tr = self._tracks.get((board_id, "board_silent", ""))
         if tr is None or tr.host_level == 0:

@@ -47,6 +47,16 @@ I32_MARK = 0x7FFF_FFFE
 NO_CELL = 0xFFFF  # probe_cell: probe not on a cell
 
 STATE_EVERY_MS = 10_000  # estimator and alarm state saved at least this often (default)
+# After a link outage the board's live frames arrive before its re-sent backlog. Evaluating
+# them first would make the alarm engine skip the backlog (rates and latches only move
+# forward), so the host would learn what happened during the outage only from what is still
+# true after it. A board with an open sequence gap therefore has its evaluation held until
+# the gap fills or stops shrinking for HOLD_STALL_MS (what never comes was never stored:
+# status frames, command acks, a full store) - HOLD_MAX_MS at most. Storage and acks do not
+# wait, and a board's own L3/L4 alarm frame is applied at once.
+HOLD_STALL_MS = 2_000
+HOLD_MAX_MS = 10_000
+_SAMPLE, _BOARD_ALARM = 0, 1
 TIME_SYNC_EVERY_MS = 3_600_000
 REBIRTH_EVERY_MS = 10_000  # at most one re-send request per board this often
 ACK_EVERY_MS = 500
@@ -81,6 +91,9 @@ class BoardState:
     last_ack: tuple[int, int] | None = None
     last_ack_ms: int = -ACK_EVERY_MS
     last_ts_ms: int = -1  # newest sample time fed to the estimator and the alarm engine
+    # samples and board alarms waiting for a gap to fill, to be evaluated in board-time order
+    held: list[tuple[int, int, int, dict[str, Any]]] = field(default_factory=list)
+    held_since_ms: int | None = None
 
 
 @dataclass
@@ -105,6 +118,7 @@ class Processor:
                  state_every_ms: int = STATE_EVERY_MS) -> None:
         self.storage = storage
         self.engine = engine
+        engine.silence_on_host_clock = True  # on_heard() with receive times, below
         self.verifier = Verifier(keys, replay_window=None)  # dedupe is delivery's, on commits
         self.verifier_keys = keys
         self.commands = Commands(keys, clock_ms)
@@ -195,7 +209,6 @@ class Processor:
                 self._one(item, b, now)
             except ProtocolError as exc:
                 self._reject(item, exc, b)
-        self._feed_estimator(b)
         self._finish(b, now)
 
     def _reject(self, item: Inbound, exc: ProtocolError, b: _Batch) -> None:
@@ -256,8 +269,12 @@ class Processor:
             payload = {k: (v.hex() if isinstance(v, bytes) else v) for k, v in p.items()}
             b.board_frames.append((board_id, boot, seq, frame["ts_ms"], item.rx_ms, msg_type,
                                    frame["flags"], json.dumps(payload)))
-            if msg_type == "alarm":
-                b.events += self.engine.on_board_alarm(board_id, frame["ts_ms"], p)
+            if msg_type == "alarm" and bs.profile is not None:
+                if p["event"] == "raised" and p["level"] >= 3:  # safety news never waits
+                    b.events += self.engine.on_board_alarm(board_id, frame["ts_ms"], p)
+                else:
+                    b.evals.setdefault(board_id, []).append(
+                        (frame["ts_ms"], seq, _BOARD_ALARM, p))
             elif msg_type == "status":
                 fields["status"] = json.dumps(payload)
                 fields["config_error"] = p["config_error"]
@@ -311,11 +328,41 @@ class Processor:
                           m["alarm_level"], m["alarm_flags"], temps_blob(m["temps_dc"]),
                           cells_blob(m["cells_mv"])))
         self.stats.samples += 1
-        if bs.profile is None or ts_ms <= bs.last_ts_ms:
-            return  # unknown board, or older than what was evaluated (a late re-send): stored
-        bs.last_ts_ms = ts_ms
-        b.events += self.engine.on_sample(bs.board_id, ts_ms, m)
-        b.soh.append((bs, ts_ms, m))
+        if bs.profile is not None:  # an unknown board's samples are stored, not evaluated
+            b.evals.setdefault(bs.board_id, []).append((ts_ms, seq, _SAMPLE, m))
+
+    # -- evaluation in board-time order --------------------------------------------------------
+
+    def _evaluate(self, b: _Batch, now: int) -> None:
+        """Alarm engine and estimator for what this batch brought, and for what was held
+        behind a gap that has now filled or stalled (see HOLD_STALL_MS)."""
+        for board_id, news in b.evals.items():
+            bs = self.boards[board_id]
+            bs.held += news
+            if bs.held_since_ms is None:
+                bs.held_since_ms = now
+        for bs in self.boards.values():
+            if not bs.held or self._holding(bs, now):
+                continue
+            held, bs.held, bs.held_since_ms = bs.held, [], None
+            held.sort(key=lambda h: (h[0], h[1]))
+            for ts_ms, _, kind, m in held:
+                if kind == _BOARD_ALARM:
+                    b.events += self.engine.on_board_alarm(bs.board_id, ts_ms, m)
+                elif ts_ms > bs.last_ts_ms:  # older: a re-send that came too late, stored
+                    bs.last_ts_ms = ts_ms
+                    b.events += self.engine.on_sample(bs.board_id, ts_ms, m)
+                    b.soh.append((bs, ts_ms, m))
+        for board_id, rx_ms in b.seen.items():
+            b.events += self.engine.on_heard(board_id, rx_ms)
+        self._feed_estimator(b)
+
+    def _holding(self, bs: BoardState, now: int) -> bool:
+        if bs.held_since_ms is None or now - bs.held_since_ms >= HOLD_MAX_MS:
+            return False
+        return any(now - g.progress_ms < HOLD_STALL_MS
+                   for (board, _), gaps in self.delivery.gaps.items() if board == bs.board_id
+                   for g in gaps)
 
     # -- state of health -----------------------------------------------------------------------
 
@@ -382,7 +429,15 @@ class Processor:
     # -- commit, then acknowledge --------------------------------------------------------------
 
     def _finish(self, b: _Batch, now: int) -> None:
+        # the delivery bookkeeping first (in memory; the transaction below makes it durable,
+        # and a failed commit ends the process), so that evaluation knows the gaps
         gap_changes: list[GapChange] = []
+        touched_boots = set()
+        for board_id, boot, seq, span in b.commits:
+            gap_changes += self.delivery.commit(board_id, boot, seq, span, now)
+            touched_boots.add((board_id, boot))
+        gap_changes += self.delivery.settle(now)
+        self._evaluate(b, now)
         st = self.storage
         with st.transaction():
             st.insert_samples(b.samples)
@@ -392,13 +447,8 @@ class Processor:
             for board_id, fields in b.board_fields.items():
                 bs = self.boards[board_id]
                 st.upsert_board(board_id, b.seen.get(board_id, now), **{"site": bs.site, **fields})
-            touched_boots = set()
-            for board_id, boot, seq, span in b.commits:
-                gap_changes += self.delivery.commit(board_id, boot, seq, span, now)
-                touched_boots.add((board_id, boot))
             for board_id, boot in touched_boots:
                 st.save_seq_ranges(board_id, boot, self.delivery.window.intervals(board_id, boot))
-            gap_changes += self.delivery.settle(now)
             self._record_gaps(gap_changes, b, now)
             if b.events:
                 st.write_alarm_events(b.events, now)
@@ -483,13 +533,16 @@ class Processor:
 
     def tick(self) -> None:
         now = self.clock_ms()
-        events = self.engine.tick(now)
+        b = _Batch()
         changes = self.delivery.settle(now)
+        self._evaluate(b, now)  # what a stalled gap held back
+        events = b.events + self.engine.tick(now)
+        b.events = []
         actions = self.storage.pending_actions()
         results = [(i, self._apply(action, args, actor, now, events))
                    for i, action, args, actor in actions]
-        b = _Batch()
         with self.storage.transaction():
+            self.storage.insert_estimates(b.estimates)
             self._record_gaps(changes, b, now)
             events += b.events
             for i, result in results:
@@ -580,6 +633,8 @@ class _Batch:
     board_fields: dict[int, dict[str, Any]] = field(default_factory=dict)
     seen: dict[int, int] = field(default_factory=dict)
     soh: list[tuple[BoardState, int, dict[str, Any]]] = field(default_factory=list)
+    # per board: (ts_ms, seq, _SAMPLE | _BOARD_ALARM, payload) for the alarm engine
+    evals: dict[int, list[tuple[int, int, int, dict[str, Any]]]] = field(default_factory=dict)
 
 
 def _profile(b: dict[str, Any]) -> BoardProfile:

@@ -575,12 +575,31 @@ def test_board_flags_alone_raise_and_clear() -> None:
     assert names(rig.feed(1)) == [("pack_overvoltage", "cleared", 3)]
 
 
-def test_a_late_board_alarm_frame_is_ignored() -> None:
+def test_a_late_board_alarm_is_an_episode_at_its_own_time() -> None:
+    """Re-sent after an outage, older than the newest sample: the raise happened, at the
+    board's time (it counts for recurrence); the newer sample's flags show it over, so it
+    closes at that sample. A late clear tells nothing new and is ignored."""
     rig = Rig()
     rig.feed(5)
-    late = rig.engine.on_board_alarm(BOARD, rig.t - 3000, _board_alarm(
+    raised_ms = rig.t - 3000
+    late = rig.engine.on_board_alarm(BOARD, raised_ms, _board_alarm(
         "temp_high", 3, "raised", 610, 600, "probe", 1))
-    assert late == []
+    assert [(e.event, e.level, e.source, e.ts_ms) for e in late] == [
+        ("raised", 3, "board", raised_ms), ("cleared", 3, "host", rig.t)]
+    assert rig.engine.on_board_alarm(BOARD, raised_ms + 1000, _board_alarm(
+        "temp_high", 3, "cleared", 590, 600, "probe", 1)) == []
+    # older than the newest board frame on the rule: stale, whatever it says
+    assert rig.engine.on_board_alarm(BOARD, raised_ms - 1000, _board_alarm(
+        "temp_high", 3, "raised", 610, 600, "probe", 1)) == []
+
+
+def test_a_late_board_alarm_the_flags_still_show_stays_raised() -> None:
+    rig = Rig()
+    rig.feed(5, flags=1 << 2)  # pack_overvoltage: the newest flags still carry it
+    late = rig.engine.on_board_alarm(BOARD, rig.t - 2000, _board_alarm(
+        "pack_overvoltage", 3, "raised", 60_000, 58_800))
+    assert late == []  # already raised, at an earlier sample: nothing new
+    assert rig.level("pack_overvoltage") == 3
 
 
 def test_board_thermal_event_stays_with_the_host_latch() -> None:

@@ -244,3 +244,34 @@ def test_a_birth_the_alarm_engine_refuses_is_quarantined(tmp_path: Path) -> None
     board = PyBoard(BOARD, profile=Profile(sample_period_ms=0))
     feed(p, Recorder(), board.birth())
     assert p.storage.rejected_by_reason() == {"bad_value": 1}
+
+
+def test_an_outage_backlog_is_evaluated_in_board_time_order(tmp_path: Path) -> None:
+    """After an outage the live frames arrive before the board's re-send. The processor holds
+    the board's evaluation while the gap is open, so the over-temperature the board measured
+    during the outage raises the host's alarm at the board's time, not at the first live
+    sample after it; and a frame that never comes (a status frame) holds it 2 s at most."""
+    clock = Clock()
+    p, board, link = running(tmp_path, clock, 5)
+    outage = [board.sample(ts_ms=T0 + 1000 * i, temp_dc=650) for i in range(6, 11)]
+    clock.ms = T0 + 11_000
+    feed(p, link, board.sample(ts_ms=clock.ms, temp_dc=250))  # live, after the outage
+    assert not [a for a in p.storage.alarms() if a["rule"] == "temp_high"]  # held
+    assert "rebirth" in link.types()
+    clock.ms += 300
+    feed(p, link, *outage)  # the re-send fills the gap
+    (hot,) = [a for a in p.storage.alarms() if a["rule"] == "temp_high"]
+    audit = p.storage.alarm_audit(hot["alarm_id"])
+    assert [(e["event"], e["ts_ms"]) for e in audit] == [
+        ("raised", T0 + 6000), ("cleared", T0 + 11_000)]
+    assert count(p, "samples") == 11
+
+    # a gap nothing will fill: evaluation waits for it to stall, then goes on
+    board.seq += 1  # a status frame the host never got, and the board never stores
+    clock.ms = T0 + 12_000
+    feed(p, link, board.sample(ts_ms=clock.ms, temp_dc=650))
+    assert len(p.storage.alarm_audit(hot["alarm_id"])) == 2  # held: still cleared
+    clock.ms += 2_000
+    p.tick()
+    last = p.storage.alarm_audit(hot["alarm_id"])[-1]
+    assert (last["event"], last["ts_ms"]) == ("raised", T0 + 12_000)
