@@ -27,9 +27,9 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 from packsentry.protocol import layout, schema
 
@@ -289,8 +289,8 @@ class AlarmEngine:
             tr.host_level = 0
             out += self._apply(tr, ts_ms)
 
-        temps = [self._valid("temps_dc", t) for t in m.get("temps_dc", ())]
-        cells = [self._valid("cells_mv", v) for v in m.get("cells_mv", ())]
+        temps = self._valid_list("temps_dc", m.get("temps_dc", ()))
+        cells = self._valid_list("cells_mv", m.get("cells_mv", ()))
         pack_mv = self._valid("pack_mv", m.get("pack_mv"))
         current_ma = self._valid("current_ma", m.get("current_ma"))
         riso = [self._valid("riso_pos_kohm", m.get("riso_pos_kohm")),
@@ -531,6 +531,13 @@ class AlarmEngine:
             return None
         return None if value >= _MARKERS[name][0] else int(value)
 
+    def _valid_list(self, name: str, values: Any) -> list[int | None]:
+        """_valid for each; a list without a marker (nearly always) is taken as it is."""
+        values = list(values)
+        if not values or max(values) < _MARKERS[name][0]:
+            return values
+        return [self._valid(name, v) for v in values]
+
     def _board_flags(self, board_id: int, flags: int) -> None:
         """A sample's alarm_flags are the board's local alarms now (they also stand in for an
         alarm frame the board had to drop). A thermal event flag that goes away (the board
@@ -569,10 +576,11 @@ class AlarmEngine:
             v = m.get(name)
             if not ((grace or not fitted) and v == _MARKERS[name][1]):
                 check(name, v, f"insulation {text.SIDES[i]}", i)
-        for i, v in enumerate(m.get("temps_dc", ())):
-            check("temps_dc", v, "probe", i)
-        for i, v in enumerate(m.get("cells_mv", ())):
-            check("cells_mv", v, "cell", i)
+        for name, what in (("temps_dc", "probe"), ("cells_mv", "cell")):
+            values = m.get(name, ())
+            if values and max(values) >= _MARKERS[name][0]:  # else: none to name
+                for i, v in enumerate(values):
+                    check(name, v, what, i)
         # blind: a whole quantity unreadable limits what the engine can watch -> L2
         blind = bool((temps and all(t is None for t in temps))
                      or (cells and all(c is None for c in cells))
@@ -626,9 +634,11 @@ class AlarmEngine:
         if len(group) < 2:
             return out + self._apply(tr_spread, ts_ms)
         (hi, hi_at), (lo, lo_at) = max(group), min(group)
-        detail = (f"{text.subject_name('probe', hi_at, p.probe_cell)} hottest at "
-                  f"{hi / 10:.1f} °C, {text.subject_name('probe', lo_at, p.probe_cell)} "
-                  f"coolest at {lo / 10:.1f} °C")
+
+        def detail() -> str:
+            return (f"{text.subject_name('probe', hi_at, p.probe_cell)} hottest at "
+                    f"{hi / 10:.1f} °C, {text.subject_name('probe', lo_at, p.probe_cell)} "
+                    f"coolest at {lo / 10:.1f} °C")
         return out + self._threshold(tr_spread, p, ts_ms, float(hi - lo), hi_at, detail)
 
     def _remember(self, b: _Board, ts_ms: int, pack_mv: int | None,
@@ -725,17 +735,29 @@ class AlarmEngine:
             return out
         for tr in trs:
             tr.subject = "cell"
-        (v_max, max_at), (v_min, min_at) = max(valid), min(valid)
+        if len(valid) == len(cells):  # no marker: find the extremes without tuples (hot)
+            plain = cast(list[int], cells)
+            v_max, v_min = max(plain), min(plain)
+            max_at = len(plain) - 1 - plain[::-1].index(v_max)  # max() of (v, i): the last
+            min_at = plain.index(v_min)
+        else:
+            (v_max, max_at), (v_min, min_at) = max(valid), min(valid)
         out += self._threshold(trs[0], p, ts_ms, float(v_max), max_at, "")
         out += self._threshold(trs[1], p, ts_ms, float(v_min), min_at, "")
         if len(valid) < 2:
             return out + self._apply(trs[2], ts_ms)
+        lim = self.settings.limit(p.chemistry, "cell_spread")
+        if lim is not None and self._idle(trs[2], lim, float(v_max - v_min)):
+            trs[2].value, trs[2].detail = float(v_max - v_min), ""
+            return out  # naming the odd cell costs a sort: only worth it when it matters
         # name the cell furthest from the median: the one that drifts
         ordered = sorted(v for v, _ in valid)
         median = ordered[len(ordered) // 2]
         _, odd_v, odd_at = max((abs(v - median), v, i) for v, i in valid)
-        detail = (f"cell {odd_at + 1} furthest from the rest at {text.volts(odd_v)} "
-                  f"(median {text.volts(median)})")
+
+        def detail() -> str:
+            return (f"cell {odd_at + 1} furthest from the rest at {text.volts(odd_v)} "
+                    f"(median {text.volts(median)})")
         return out + self._threshold(trs[2], p, ts_ms, float(v_max - v_min), odd_at, detail)
 
     # -- prediction -----------------------------------------------------------------------------
@@ -823,12 +845,16 @@ class AlarmEngine:
     # -- levels ---------------------------------------------------------------------------------
 
     def _threshold(self, tr: _Track, p: BoardProfile, ts_ms: int, value: float, index: int,
-                   detail: str = "") -> list[AlarmEvent]:
-        """A threshold rule: levels crossed, hysteresis, on-delay; then the lifecycle."""
+                   detail: str | Callable[[], str] = "") -> list[AlarmEvent]:
+        """A threshold rule: levels crossed, hysteresis, on-delay; then the lifecycle.
+        `detail` may be a function: it is only worth building when something happens."""
         lim = self.settings.limit(p.chemistry, tr.rule)
         if lim is None:
             return []
-        tr.value, tr.detail = value, detail
+        if self._idle(tr, lim, value):
+            tr.value, tr.detail, tr.subject_index = value, "", index
+            return []
+        tr.value, tr.detail = value, detail if isinstance(detail, str) else detail()
         if tr.host_level == 0 or _beyond(lim, value, lim.levels[min(lim.levels)]):
             tr.subject_index = index  # keep naming what raised it while it only holds
         crossed = {lvl for lvl, thr in lim.levels.items() if _beyond(lim, value, thr)}
@@ -836,6 +862,13 @@ class AlarmEngine:
                 and self._held(tr, lim, lvl, value, ts_ms, lvl in crossed)}
         tr.host_level = self._debounce(tr, crossed, held, ts_ms)
         return self._apply(tr, ts_ms)
+
+    @staticmethod
+    def _idle(tr: _Track, lim: limits.Limit, value: float) -> bool:
+        """The common case and the hot path: an idle rule and a value short of its lowest
+        level (the levels are monotonic), so nothing can change but the reading."""
+        return not (tr.host_level or tr.board_level or tr.latched or tr.active or tr.since_ms
+                    or tr.below_since_ms) and not _beyond(lim, value, lim.levels[min(lim.levels)])
 
     def _held(self, tr: _Track, lim: limits.Limit, level: int, value: float, ts_ms: int,
               crossed: bool) -> bool:
