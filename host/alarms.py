@@ -624,6 +624,10 @@ class AlarmEngine:
             return self._apply(tr_hot, ts_ms) + self._apply(tr_spread, ts_ms)
         t_max, at = max(valid)
         tr_hot.subject = "probe"
+        if len(valid) < len(temps) and self._lower(tr_hot, p, float(t_max)):
+            # a probe went unreadable while it is hot: past the NTC's range in a thermal
+            # event, or burnt off. The cooler probes left do not clear or lower the alarm.
+            return self._apply(tr_hot, ts_ms) + self._apply(tr_spread, ts_ms)
         out += self._threshold(tr_hot, p, ts_ms, float(t_max), at, "")
         # spread among the probes on cells (an ambient or busbar probe is not a cell's
         # temperature), or among all probes when fewer than two sit on cells
@@ -862,6 +866,12 @@ class AlarmEngine:
                 and self._held(tr, lim, lvl, value, ts_ms, lvl in crossed)}
         tr.host_level = self._debounce(tr, crossed, held, ts_ms)
         return self._apply(tr, ts_ms)
+
+    def _lower(self, tr: _Track, p: BoardProfile, value: float) -> bool:
+        """The rule is raised and the value is short of its current level."""
+        lim = self.settings.limit(p.chemistry, tr.rule)
+        return (lim is not None and tr.host_level in lim.levels
+                and not _beyond(lim, value, lim.levels[tr.host_level]))
 
     @staticmethod
     def _idle(tr: _Track, lim: limits.Limit, value: float) -> bool:

@@ -351,6 +351,25 @@ def test_markers_are_never_compared_and_raise_sensor_fault() -> None:
     assert names(rig.feed(1)) == [("sensor_fault", "cleared", 2)]
 
 
+def test_a_hot_probe_going_unreadable_does_not_clear_the_temperature_alarm() -> None:
+    """In a thermal event the hottest NTC runs past its table (the board sends ABNORMAL) or
+    burns off: the cooler probes left must not clear or lower temp_high; they may raise it."""
+    rig = Rig()
+    rig.feed(1, temps=(650, 400, 250))
+    assert rig.level("temp_high") == 3
+    rig.feed(31, temps=(0x7FFE, 420, 250))
+    assert rig.level("temp_high") == 3
+    assert rig.level("sensor_fault") == 1
+    rig.feed(1, temps=(650, 400, 250))  # readable again and still hot: the same alarm
+    assert [e.event for e in rig.events if e.rule == "temp_high"] == ["raised"]
+    rig.feed(1, temps=(300, 300, 250))  # readable and cool: now it clears (hysteresis)
+    assert rig.level("temp_high") == 0
+    # an open NTC on a cool pack raises nothing thermal
+    rig = Rig()
+    rig.feed(40, temps=(0x7FFE, 250, 250))
+    assert rig.level("temp_high") == 0 and rig.level("sensor_fault") == 1
+
+
 def test_sensor_fault_on_delay_and_blind_quantity() -> None:
     rig = Rig()
     assert rig.feed(30, temps=(250, 0x7FFE, 250)) == []
