@@ -298,7 +298,7 @@ class AlarmEngine:
         if any(r is not None for r in riso):
             b.riso_seen = True
 
-        self._board_flags(board_id, int(m.get("alarm_flags", 0) or 0))
+        self._board_flags(board_id, ts_ms, int(m.get("alarm_flags", 0) or 0))
         out += self._sensor_faults(b, p, ts_ms, m, temps, cells)
         out += self._insulation(p, ts_ms, riso)
         out += self._temperatures(p, ts_ms, temps)
@@ -538,18 +538,21 @@ class AlarmEngine:
             return values
         return [self._valid(name, v) for v in values]
 
-    def _board_flags(self, board_id: int, flags: int) -> None:
+    def _board_flags(self, board_id: int, ts_ms: int, flags: int) -> None:
         """A sample's alarm_flags are the board's local alarms now (they also stand in for an
         alarm frame the board had to drop). A thermal event flag that goes away (the board
-        rebooted) ends the board's part only: the host's latch waits for a person."""
+        rebooted) ends the board's part only: the host's latch waits for a person. A board
+        alarm frame newer than the sample (applied at once, ahead of a held backlog) wins."""
         self._boards[board_id].flags = flags
         for rule, mask in _FLAGS.items():
             if rule == "board_silent":
                 continue  # a board that reports is not silent, whatever it claims
             if flags & mask:
                 tr = self._track(board_id, rule, "")
-                tr.board_level = tr.board_level or _flag_level(rule)
-            elif (tr := self._tracks.get((board_id, rule, ""))) is not None:
+                if tr.board_ms <= ts_ms:
+                    tr.board_level = tr.board_level or _flag_level(rule)
+            elif (tr := self._tracks.get((board_id, rule, ""))) is not None and \
+                    tr.board_ms <= ts_ms:
                 tr.board_level = 0
 
     def _sensor_faults(self, b: _Board, p: BoardProfile, ts_ms: int, m: Mapping[str, Any],

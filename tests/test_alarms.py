@@ -917,3 +917,19 @@ def test_docs_rules_table_is_the_limits_table() -> None:
 
 def test_docs_settings_table_is_the_settings_defaults() -> None:
     assert _block("settings table") == alarm_settings.markdown_keys(), "run `make generate`"
+
+
+def test_an_older_sample_does_not_undo_a_newer_board_alarm_frame() -> None:
+    """The daemon applies a board's L3 frame at once, ahead of a held backlog: the backlog's
+    older samples, whose flags predate it, must not lower it and raise it again."""
+    rig = Rig()
+    rig.feed(3)
+    frame_ms = rig.t + 5000
+    rig.do(rig.engine.on_board_alarm(BOARD, frame_ms, _board_alarm(
+        "pack_overvoltage", 3, "raised", 60_000, 58_800)))
+    assert rig.level("pack_overvoltage") == 3
+    rig.feed(4)  # older than the frame, flags clear
+    rig.feed(2, flags=1 << 2)  # the frame's time reached: the flags carry it
+    assert [e.event for e in rig.events if e.rule == "pack_overvoltage"] == ["raised"]
+    rig.feed(1)  # newer than the frame and clear: the board's alarm is over
+    assert rig.level("pack_overvoltage") == 0
