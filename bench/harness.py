@@ -79,6 +79,7 @@ class Figure:
     target: Target | None = None
     note: str = ""
     details: dict[str, Any] = field(default_factory=dict)
+    failed: str = ""  # the run itself failed its premise (e.g. samples lost): the figure fails
 
     @property
     def ratio(self) -> float | None:
@@ -91,8 +92,10 @@ class Figure:
                 "baseline": self.baseline, "baseline_value": self.baseline_value,
                 "ratio": self.ratio,
                 "target": None if self.target is None else self.target.text(),
-                "pass": None if self.target is None else self.target.met(self),
-                "note": self.note, "details": self.details}
+                "pass": False if self.failed else
+                None if self.target is None else self.target.met(self),
+                "note": f"FAILED: {self.failed}. {self.note}" if self.failed else self.note,
+                "details": self.details}
 
 
 @dataclass

@@ -8,4 +8,10 @@ BENCHMARKS: dict[str, str] = {
     "decode": "bench.decode:run",
     "soh": "bench.soh:run",
     "firmware": "bench.firmware:run",
+    "ingest": "bench.ingest:run",
+    "latency": "bench.latency:run",
+    "serial": "bench.serial:run",
+    "replay": "bench.replay:run",
+    "startup": "bench.startup:run",
+    "memory": "bench.memory:run",
 }
