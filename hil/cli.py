@@ -3,6 +3,7 @@
     packsentry hil list
     packsentry hil run insulation-3d --transport mqtt
     packsentry hil run healthy-24h --speed 2000 --workdir /tmp/hil
+    packsentry hil run ntc-open --board /dev/ttyUSB0 --board-config board.json   # speed 1
 
 `add_parsers(sub)` registers the `hil` command (the top-level parser is host/cli.py's).
 Exit status of `run`: 0 when every check passes, 1 when one fails, 2 on a usage error.
@@ -29,7 +30,11 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     run = hsub.add_parser("run", help="run one scenario and print the pass/fail table")
     run.add_argument("scenario", help="a name from `hil list`, or a .toml file")
     run.add_argument("--board", default="virtual",
-                     help="virtual (default), or a serial port with a real board")
+                     help="virtual (default), or a serial port with a real board in "
+                     "injected-sensor mode (real time, serial only)")
+    run.add_argument("--board-config", type=Path, default=None, metavar="FILE",
+                     help="with --board PORT: the board's config.json as installed on it "
+                     "(sensor_source \"injected\", its board_id and key)")
     run.add_argument("--transport", choices=[*TRANSPORTS, "both"], default=None,
                      help="the board's link (default: each the scenario is for)")
     run.add_argument("--speed", type=float, default=None,
@@ -68,13 +73,15 @@ def _run(args: argparse.Namespace) -> int:
         print(f"packsentry hil: {exc}", file=sys.stderr)
         return 2
     transports = (sc.transports if args.transport in (None, "both") else (args.transport,))
+    if args.board != "virtual" and args.transport in (None, "both"):
+        transports = ("serial",)  # a real board is driven over its serial line
     say = None if args.quiet else (lambda m: print(m, file=sys.stderr, flush=True))
     ok = True
     for t in transports:
         workdir = args.workdir / t if args.workdir and len(transports) > 1 else args.workdir
         try:
             result = run(sc, transport=t, board=args.board, speed=args.speed, cpu=args.cpu,
-                         workdir=workdir, log=say)
+                         workdir=workdir, log=say, config_file=args.board_config)
         except RigError as exc:
             print(f"packsentry hil: {exc}", file=sys.stderr)
             return 2

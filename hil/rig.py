@@ -14,9 +14,10 @@ scenario so that the last frames and acks get through, stops everything, and the
 daemon's database: which alarms came when, the SoH estimates, what was stored. `RunResult`
 holds the checks (expected vs got) and prints them as a pass/fail table.
 
-Real boards: the firmware has no injected-sensor mode (no command that sets the readings
-its sampler returns), so a physical board's sensors cannot be driven over its link; `run`
-says so instead of pretending (docs/hil.md, "Real-board mode", says what it would take).
+A board on a serial port (`board="/dev/ttyUSB0"`, the board's config.json as
+`config_file`): hil/real_board.py runs the same scenario at speed 1, the board in
+injected-sensor mode (config sensor_source = "injected") and the rig sending it the
+simulator's readings as signed `inject` commands on the daemon's serial line.
 """
 
 from __future__ import annotations
@@ -52,16 +53,6 @@ GAP_SETTLE_S = 2.0  # the daemon's gap_settle_s for compressed boards
 
 class RigError(RuntimeError):
     pass
-
-
-NO_INJECTION = (
-    "real-board mode needs an injected-sensor mode in the firmware, and it has none: no "
-    "command frame sets the readings its sampler returns (firmware/commands.py knows "
-    "time_sync, ack, config_update, rebirth and reboot; firmware/sampler.py reads only its "
-    "ADC and I2C drivers). It would take: a signed `inject` command carrying one reading in "
-    "board units (pack_mv, current_ma, temps_dc, cells_mv, riso_pos_kohm, riso_neg_kohm), "
-    "a config flag that allows it (off in the field), and a Sampler that returns the last "
-    "injected reading while it is fresh. See docs/hil.md, 'Real-board mode'.")
 
 
 # -- the daemon --------------------------------------------------------------------------------
@@ -173,7 +164,9 @@ class RunResult:
             if i == 0:
                 lines.append("  ".join("-" * w for w in widths) + "  ----")
         s = self.stats
-        if s:
+        if s.get("summary"):  # a real board's (hil/real_board.py): other figures
+            lines.append(s["summary"])
+        elif s:
             lines.append(
                 f"board time {_hms(s['board_s'])} in {s['real_s']:.1f} s real (effective "
                 f"{s['effective_speed']:.0f}x); heap free min {s['min_free_bytes']} B; "
@@ -235,11 +228,15 @@ class _Timeline:
 
 def run(sc: Scenario, *, transport: str = "serial", board: str = "virtual",
         speed: float | None = None, cpu: float | None = None, workdir: Path | None = None,
-        log: Callable[[str], None] | None = None) -> RunResult:
-    """Run one scenario over one transport; return the checks. `board` is "virtual" (the
-    only kind that can be driven: see NO_INJECTION) or a serial port."""
+        log: Callable[[str], None] | None = None,
+        config_file: Path | None = None) -> RunResult:
+    """Run one scenario over one transport; return the checks. `board` is "virtual" or a
+    serial port with a real board, whose config.json is `config_file` (hil/real_board.py)."""
     if board != "virtual":
-        raise RigError(NO_INJECTION)
+        from .real_board import run_real
+
+        return run_real(sc, port=board, config_file=config_file, transport=transport,
+                        speed=speed, cpu=cpu, workdir=workdir, log=log)
     if transport not in sc.transports:
         raise RigError(f"scenario {sc.name} is not for {transport} "
                        f"(only {', '.join(sc.transports)})")
@@ -406,68 +403,8 @@ def _evaluate(sc: Scenario, result: RunResult, daemon: Daemon, vb: VirtualBoard,
               report: Any, final: Any, real_s: float, end_seq: int, start_ms: int,
               end_stored: int) -> None:
     t0 = (vb.started_ms or 0) + start_ms  # the board's clock at the scenario's t = 0
-    rows = daemon.query(
-        "SELECT u.ts_ms, a.rule, u.level, u.prev_level, u.event, a.source, u.alarm_id, "
-        "u.message FROM alarm_audit u JOIN alarms a USING (alarm_id) "
-        "WHERE a.board_id = ? ORDER BY u.id", BOARD_ID)
-    everything = [AlarmSeen((ts - t0) / 1000, *rest) for ts, *rest in rows]
-    result.alarms = everything
-    # before t = 0 the board was booting, its first frames stamped with its uptime (1970)
-    # until the host set its clock: those, and the host's own clock's events, come first
-    seen = [e for e in everything if e.t_s >= 0]
-    boot = sorted({f"{e.rule} L{e.level} {e.event}" for e in everything if e.t_s < 0
-                   and e.event in ("raised", "escalated")})
+    pre = expectation_checks(sc, result, daemon, t0)
     checks = result.checks
-    checks.append(Check("alarms while booting (t < 0)", "none", ", ".join(boot) or "none",
-                        None if boot else True))
-    for a in sc.alarms:
-        e = match(a, seen)
-        got = "never" if e is None else f"{_hms(e.t_s)} ({e.event}, {e.source})"
-        ok = e is not None and a.earliest_s <= e.t_s <= a.latest_s
-        checks.append(Check(a.name, _window(a), got, ok))
-    frames = daemon.query("SELECT ts_ms, payload FROM board_frames WHERE board_id = ? AND "
-                          "msg_type = 'alarm' ORDER BY ts_ms", BOARD_ID)
-    board_seen = []
-    for ts, payload in frames:
-        p = json.loads(payload)
-        board_seen.append(AlarmSeen((ts - t0) / 1000, p["rule"], p["level"], 0, p["event"],
-                                    "board", 0, ""))
-    for a in sc.board_alarms:
-        e = match(a, board_seen)
-        got = "never" if e is None else f"{_hms(e.t_s)} ({e.event})"
-        ok = e is not None and a.earliest_s <= e.t_s <= a.latest_s
-        checks.append(Check(f"board's own {a.name}", _window(a), got, ok))
-    for o in sc.order:
-        first, then = match(o.first, seen), match(o.then, seen)
-        ok = first is not None and (then is None or first.t_s <= then.t_s)
-        got = (f"{_hms(first.t_s) if first else 'never'} / "
-               f"{_hms(then.t_s) if then else 'never'}")
-        checks.append(Check(f"{o.first.name} before {o.then.name}", "first / then", got, ok))
-    if sc.only_expected:
-        expected = {a.rule for a in sc.alarms} | set(sc.allow)
-        others = sorted({f"{e.rule} L{e.level}" for e in seen
-                         if e.event in ("raised", "escalated") and e.rule not in expected})
-        checks.append(Check("no other alarms", "none" if not expected else "only expected",
-                            ", ".join(others) or "none", not others))
-    estimates = daemon.query(
-        "SELECT unit, soh_pct, ts_ms FROM estimates WHERE board_id = ? AND soh_pct IS NOT NULL "
-        "ORDER BY ts_ms", BOARD_ID)
-    latest: dict[int, float] = {}
-    for unit, soh, _ in estimates:
-        latest[unit] = soh
-    for s in sc.soh:
-        units = sorted(latest) if s.unit is None else [s.unit]
-        vals = [latest[u] for u in units if u in latest]
-        name = "SoH " + ("every unit" if s.unit is None else
-                         "pack" if s.unit == -1 else f"cell {s.unit + 1}")
-        ok = bool(vals) and all(s.min_pct <= v <= s.max_pct for v in vals)
-        got = "no estimate" if not vals else f"{min(vals):.1f} .. {max(vals):.1f} %"
-        checks.append(Check(name, f"{s.min_pct:g} .. {s.max_pct:g} %", got, ok))
-    pre = daemon.query("SELECT count(*) FROM samples WHERE board_id = ? AND flags & ? != 0",
-                       BOARD_ID, PRE_EVENT)[0][0]
-    if sc.pre_event_samples:
-        checks.append(Check("pre-event samples stored", f">= {sc.pre_event_samples}",
-                            str(pre), pre >= sc.pre_event_samples))
     if sc.all_frames:
         # what the board had stored when the scenario ended (seqs before end_seq; a frame
         # stored later may still be on its way when the board stops)
@@ -505,3 +442,73 @@ def _evaluate(sc: Scenario, result: RunResult, daemon: Daemon, vb: VirtualBoard,
     with contextlib.suppress(Exception):
         result.stats["gaps"] = daemon.query(
             "SELECT outcome, count(*) FROM gaps WHERE board_id = ? GROUP BY outcome", BOARD_ID)
+
+
+def expectation_checks(sc: Scenario, result: RunResult, daemon: Daemon, t0: int,
+                       board_id: int = BOARD_ID) -> int:
+    """The scenario's own checks (alarms, the board's alarms, order, only expected, SoH,
+    pre-event samples) from the daemon's database, with t = 0 at the board's clock `t0`
+    (epoch ms); return the pre-event samples stored."""
+    rows = daemon.query(
+        "SELECT u.ts_ms, a.rule, u.level, u.prev_level, u.event, a.source, u.alarm_id, "
+        "u.message FROM alarm_audit u JOIN alarms a USING (alarm_id) "
+        "WHERE a.board_id = ? ORDER BY u.id", board_id)
+    everything = [AlarmSeen((ts - t0) / 1000, *rest) for ts, *rest in rows]
+    result.alarms = everything
+    # before t = 0 the board was booting, its first frames stamped with its uptime (1970)
+    # until the host set its clock: those, and the host's own clock's events, come first
+    seen = [e for e in everything if e.t_s >= 0]
+    boot = sorted({f"{e.rule} L{e.level} {e.event}" for e in everything if e.t_s < 0
+                   and e.event in ("raised", "escalated")})
+    checks = result.checks
+    checks.append(Check("alarms while booting (t < 0)", "none", ", ".join(boot) or "none",
+                        None if boot else True))
+    for a in sc.alarms:
+        e = match(a, seen)
+        got = "never" if e is None else f"{_hms(e.t_s)} ({e.event}, {e.source})"
+        ok = e is not None and a.earliest_s <= e.t_s <= a.latest_s
+        checks.append(Check(a.name, _window(a), got, ok))
+    frames = daemon.query("SELECT ts_ms, payload FROM board_frames WHERE board_id = ? AND "
+                          "msg_type = 'alarm' ORDER BY ts_ms", board_id)
+    board_seen = []
+    for ts, payload in frames:
+        p = json.loads(payload)
+        board_seen.append(AlarmSeen((ts - t0) / 1000, p["rule"], p["level"], 0, p["event"],
+                                    "board", 0, ""))
+    for a in sc.board_alarms:
+        e = match(a, board_seen)
+        got = "never" if e is None else f"{_hms(e.t_s)} ({e.event})"
+        ok = e is not None and a.earliest_s <= e.t_s <= a.latest_s
+        checks.append(Check(f"board's own {a.name}", _window(a), got, ok))
+    for o in sc.order:
+        first, then = match(o.first, seen), match(o.then, seen)
+        ok = first is not None and (then is None or first.t_s <= then.t_s)
+        got = (f"{_hms(first.t_s) if first else 'never'} / "
+               f"{_hms(then.t_s) if then else 'never'}")
+        checks.append(Check(f"{o.first.name} before {o.then.name}", "first / then", got, ok))
+    if sc.only_expected:
+        expected = {a.rule for a in sc.alarms} | set(sc.allow)
+        others = sorted({f"{e.rule} L{e.level}" for e in seen
+                         if e.event in ("raised", "escalated") and e.rule not in expected})
+        checks.append(Check("no other alarms", "none" if not expected else "only expected",
+                            ", ".join(others) or "none", not others))
+    estimates = daemon.query(
+        "SELECT unit, soh_pct, ts_ms FROM estimates WHERE board_id = ? AND soh_pct IS NOT NULL "
+        "ORDER BY ts_ms", board_id)
+    latest: dict[int, float] = {}
+    for unit, soh, _ in estimates:
+        latest[unit] = soh
+    for s in sc.soh:
+        units = sorted(latest) if s.unit is None else [s.unit]
+        vals = [latest[u] for u in units if u in latest]
+        name = "SoH " + ("every unit" if s.unit is None else
+                         "pack" if s.unit == -1 else f"cell {s.unit + 1}")
+        ok = bool(vals) and all(s.min_pct <= v <= s.max_pct for v in vals)
+        got = "no estimate" if not vals else f"{min(vals):.1f} .. {max(vals):.1f} %"
+        checks.append(Check(name, f"{s.min_pct:g} .. {s.max_pct:g} %", got, ok))
+    pre = daemon.query("SELECT count(*) FROM samples WHERE board_id = ? AND flags & ? != 0",
+                       board_id, PRE_EVENT)[0][0]
+    if sc.pre_event_samples:
+        checks.append(Check("pre-event samples stored", f">= {sc.pre_event_samples}",
+                            str(pre), pre >= sc.pre_event_samples))
+    return pre

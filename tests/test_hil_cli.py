@@ -1,6 +1,6 @@
 """`packsentry hil list|run` (hil/cli.py) and the scenario files (hil/scenario.py): every
-scenario loads, a bad file is refused by key with a "did you mean", real-board mode says what
-the firmware lacks, and the pass/fail table reads as it should."""
+scenario loads, a bad file is refused by key with a "did you mean", real-board mode asks for
+the board's config, and the pass/fail table reads as it should."""
 
 from __future__ import annotations
 
@@ -41,10 +41,14 @@ def test_every_scenario_loads() -> None:
                 math.isinf(a.latest_s)
 
 
-def test_a_real_board_needs_what_the_firmware_lacks(capsys: pytest.CaptureFixture[str]) -> None:
+def test_a_real_board_needs_its_config(tmp_path: Path,
+                                      capsys: pytest.CaptureFixture[str]) -> None:
+    """Real-board mode itself: tests/test_hil_real_board.py."""
     code, _, err = hil(["run", "ntc-open", "--board", "/dev/ttyUSB0"], capsys)
-    assert code == 2
-    assert "injected-sensor mode" in err and "firmware/commands.py" in err
+    assert code == 2 and "needs --board-config FILE" in err and "Traceback" not in err
+    code, _, err = hil(["run", "ntc-open", "--board", "/dev/ttyUSB0", "--transport", "mqtt",
+                        "--board-config", str(tmp_path / "none.json")], capsys)
+    assert code == 2 and "runs over the serial link" in err
 
 
 def test_unknown_scenario_and_keys_are_named(tmp_path: Path,

@@ -10,11 +10,21 @@ in for the ESP32's USB port, through the real daemon.
 
 from __future__ import annotations
 
+import argparse
 import json
 import math
+import sqlite3
+import time
+from collections.abc import Iterator
 from pathlib import Path
 
+import pytest
+
+from packsentry.hil import cli, scenario
 from packsentry.hil.mpvm import run_micropython
+from packsentry.hil.packsim import PackSpec
+from packsentry.hil.virtual_board import SerialLine, VirtualBoard
+from packsentry.hil.wiring import Wiring, board_config
 from packsentry.protocol import codec, golden, stream
 from packsentry.protocol.verify import Verifier
 
@@ -146,3 +156,119 @@ await tick()
     alarms = [(f["payload"]["rule"], f["payload"]["level"], f["payload"]["value"])
               for f in frames if f["msg_type"] == "alarm"]
     assert ("temp_high", 3, 650) in alarms
+
+
+# -- the rig against a board on a serial port ---------------------------------------------------
+
+MINUTE = FIXTURES / "real-board-minute.toml"
+ESP32_ID = 0x00B0A4D0
+
+
+def esp32_config(sc: scenario.Scenario, sensor_source: str) -> dict:
+    """The config.json of the stand-in ESP32: what the scenario needs, with a key."""
+    cfg = board_config(board_id=ESP32_ID, site="bench", pack=PackSpec(**sc.pack).birth_fields(),
+                       overrides=sc.board, link={"kind": "serial", "uart": 1})
+    return {**cfg, "key_hex": KEY.hex(), "sensor_source": sensor_source}
+
+
+@pytest.fixture
+def esp32(tmp_path: Path) -> Iterator[tuple[Path, Path, VirtualBoard]]:
+    """A virtual board (the firmware in the VM, real time) on a pty standing in for an ESP32's
+    USB port, its sensors all reading nonsense: 5 V, 90 degC, 1 V cells, 10 kOhm; yields its
+    port, the config file written for it, and the board (its running config: board.config)."""
+    sc = scenario.load(MINUTE)
+    holder: dict = {}
+
+    def start(sensor_source: str) -> tuple[Path, Path, VirtualBoard]:
+        cfg = esp32_config(sc, sensor_source)
+        port = SerialLine(tmp_path / "ttyESP32", speed=1.0)
+        wiring = Wiring(cfg)
+        n_probes, n_cells = wiring.n_probes, wiring.n_cells
+        nonsense = wiring.values({"pack_mv": 5_000, "current_ma": 40_000,
+                                  "temps_dc": [900] * n_probes, "cells_mv": [1_000] * n_cells,
+                                  "riso_pos_kohm": 10, "riso_neg_kohm": 10})
+        vb = VirtualBoard(tmp_path / "esp32", cfg, wiring.layout(), wiring.static(),
+                          speed=1.0, feed_s=1.0, serial=port)
+        holder.update(port=port, vb=vb)
+        vb.start([nonsense] * 200)  # 200 s of the same nonsense
+        config_file = tmp_path / "esp32-config.json"
+        config_file.write_text(json.dumps(esp32_config(sc, "injected")))
+        return port.link, config_file, vb
+
+    yield start  # type: ignore[misc]
+    if "vb" in holder:
+        holder["vb"].stop()
+        holder["port"].close()
+
+
+def hil(args: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
+    parser = argparse.ArgumentParser(prog="packsentry")
+    cli.add_parsers(parser.add_subparsers(dest="command", required=True))
+    ns = parser.parse_args(["hil", *args])
+    code = ns.func(ns)
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_a_scenario_runs_against_a_board_on_a_serial_port(
+        esp32, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """`hil run --board PORT`: the rig between the board's port and the daemon, injecting
+    the simulator's readings, at speed 1. The scenario's checks pass, and the database holds
+    the simulator's pack, never what the board's own sensors read."""
+    port, config_file, vb = esp32("injected")
+    t0 = time.monotonic()
+    code, out, err = hil(["run", str(MINUTE), "--board", str(port), "--board-config",
+                          str(config_file), "--workdir", str(tmp_path / "run")], capsys)
+    wall_s = time.monotonic() - t0
+    assert code == 0, out + err
+    assert "PASS" in out.splitlines()[0] and "FAIL" not in out
+    for check in ("every injection taken", "injections on time", "the board did not reset",
+                  "every frame the board sent reached the host", "board's own temp_high L3"):
+        assert check in out
+    assert wall_s < 90, f"{wall_s:.0f} s"
+    db = sqlite3.connect(tmp_path / "run" / "depot.db")
+    rows = db.execute("SELECT pack_mv, temps_dc, alarm_level FROM samples WHERE board_id = ? "
+                      "AND pack_mv != ?", (ESP32_ID, U32_INVALID)).fetchall()
+    assert len(rows) >= 45
+    # a 4S NMC pack at 60 % state of charge, not the stand-in's 5 V
+    assert all(14_000 < pack_mv < 16_800 for pack_mv, _, _ in rows)
+    temps = [int.from_bytes(t[i:i + 2], "little", signed=True) for _, t, _ in rows
+             for i in range(0, len(t), 2)]
+    assert 900 not in temps and 650 in temps and I16_INVALID - 1 in temps  # stuck, open
+    assert vb.vm_log().count("sensor_source injected") == 1
+
+
+def test_a_board_that_refuses_injection_stops_the_run(
+        esp32, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """The config file says injected, the board runs "hardware": its cmd_ack says disabled,
+    and the run stops with that, exit status 2, before any scenario."""
+    port, config_file, _ = esp32("hardware")
+    code, out, err = hil(["run", str(MINUTE), "--board", str(port), "--board-config",
+                          str(config_file), "--workdir", str(tmp_path / "run")], capsys)
+    assert code == 2 and out == ""
+    assert "inject answered disabled" in err and 'sensor_source = "hardware"' in err
+    assert "Traceback" not in err
+    assert not (tmp_path / "run" / "depot.db").exists()  # no daemon was started
+
+
+def test_a_config_not_made_for_the_scenario_is_refused_with_the_one_it_needs(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    sc = scenario.load(MINUTE)
+    config_file = tmp_path / "board.json"
+    config_file.write_text(json.dumps({**esp32_config(sc, "hardware"), "cells_series": 14}))
+    code, _, err = hil(["run", str(MINUTE), "--board", "/dev/ttyNOSUCH", "--board-config",
+                        str(config_file), "--workdir", str(tmp_path / "run")], capsys)
+    assert code == 2
+    assert 'sensor_source is "hardware", not "injected"' in err
+    assert "cells_series is 14, the scenario needs 4" in err
+    needed = json.loads((tmp_path / "run" / "board-config.json").read_text())
+    assert needed == esp32_config(sc, "injected")
+    config_file.write_text(json.dumps(needed))
+    code, _, err = hil(["run", str(MINUTE), "--board", "/dev/ttyNOSUCH", "--board-config",
+                        str(config_file)], capsys)
+    assert code == 2 and "/dev/ttyNOSUCH: no such serial port" in err
+    code, _, err = hil(["run", str(MINUTE), "--board", "/dev/ttyNOSUCH"], capsys)
+    assert code == 2 and "needs --board-config FILE" in err
+    code, _, err = hil(["run", str(MINUTE), "--board", "/dev/ttyNOSUCH", "--speed", "100",
+                        "--board-config", str(config_file)], capsys)
+    assert code == 2 and "speed 1" in err
