@@ -220,6 +220,7 @@ def test_a_scenario_runs_against_a_board_on_a_serial_port(
     code, out, err = hil(["run", str(MINUTE), "--board", str(port), "--board-config",
                           str(config_file), "--workdir", str(tmp_path / "run")], capsys)
     wall_s = time.monotonic() - t0
+    print(out, f"wall time {wall_s:.1f} s")  # the table, with pytest -s
     assert code == 0, out + err
     assert "PASS" in out.splitlines()[0] and "FAIL" not in out
     for check in ("every injection taken", "injections on time", "the board did not reset",
