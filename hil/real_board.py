@@ -36,6 +36,7 @@ import contextlib
 import json
 import math
 import socket
+import tempfile
 import threading
 import time
 from collections.abc import Callable, Mapping
@@ -383,8 +384,6 @@ def run_real(sc: Scenario, *, port: str, config_file: Path | None, transport: st
         raise RigError("a physical board runs in real time: real-board mode runs at speed 1 "
                        "(leave out --speed and --cpu)")
     say = log or (lambda _m: None)
-    import tempfile
-
     if workdir is None:
         workdir = Path(tempfile.mkdtemp(prefix=f"hil-{sc.name}-board-"))
     workdir.mkdir(parents=True, exist_ok=True)
