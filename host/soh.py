@@ -26,7 +26,7 @@ from numba import njit
 
 from packsentry.host.ocv import CHEMISTRIES, OCV_V, chemistry_id, docv_dsoc, soc_at
 
-STATE_VERSION = 1
+STATE_VERSION = 2  # 2: F_PAIR_DQ_AH .. F_T_FRESH added (read from a version-1 state)
 
 # How the kernels are compiled (measured with bench/soh.py; docs/performance.md):
 # - error_model="numpy": a float division is IEEE, not a Python ZeroDivisionError check and
@@ -76,7 +76,9 @@ CFG_TREND_EFC = 18  # memory of the capacity trend for remaining life, EFC
 CFG_TREND_DAYS = 19  # ... and days
 CFG_EOL_SOH = 20  # end of life: this fraction of rated capacity
 CFG_ERR_CORR_S = 21  # correlation time of the EKF's voltage-model error, s
-N_CFG = 22
+CFG_PAIR_GATE = 22  # a pair beyond this many sigmas from the prediction is rejected ...
+CFG_PAIR_REJECT_MAX = 23  # ... unless this many before it were, on the same side
+N_CFG = 24
 
 DEFAULT_CONFIG: dict[str, float] = {
     "max_gap_s": 300.0,
@@ -101,6 +103,8 @@ DEFAULT_CONFIG: dict[str, float] = {
     "trend_days": 180.0,
     "eol_soh": 0.8,
     "err_corr_s": 60.0,
+    "pair_gate": 6.0,
+    "pair_reject_max": 2.0,
 }
 _CFG_ORDER = tuple(DEFAULT_CONFIG)
 assert len(_CFG_ORDER) == N_CFG
@@ -167,7 +171,11 @@ F_CAP_AH = 57  # usable capacity, Ah
 F_CAP_VAR = 58
 F_ANCHORS = 59
 F_PAIRS = 60
-N_F = 61
+F_PAIR_DQ_AH = 61  # since the pair start: sum of |dI| dt / 2, the charge the samples left open
+F_PAIRS_REJECTED = 62  # pairs the innovation gate rejected
+F_GATE_RUN = 63  # consecutive rejections, signed: + the pairs said more capacity
+F_T_FRESH = 64  # when the last new reading came (a held reading repeats exactly)
+N_F = 65
 
 _AWTLS_GRID = 64
 
@@ -282,13 +290,22 @@ def _capacity_changed(s: np.ndarray, cfg: np.ndarray, u: int, t: float) -> None:
 
 
 @njit(**_JIT)
-def _add_pair(s: np.ndarray, cfg: np.ndarray, u: int, t: float, x: float, y: float,
-              var_x: float, gamma: float, cbuf: np.ndarray) -> None:
-    """One AWTLS update with the pair (x = dSOC, y = Ah)."""
-    rated = s[F_RATED_AH, u]
+def _pair_var_y(s: np.ndarray, cfg: np.ndarray, u: int, t: float, y: float) -> float:
+    """Variance (Ah^2) of a pair's charge from the current sensor: offset over the pair's
+    duration, and gain."""
     dur_h = max(t - s[F_PAIR_T, u], 0.0) / 3600.0
-    var_y = (cfg[CFG_SIGMA_I_C] * rated * dur_h) ** 2 + (cfg[CFG_GAIN_ERR] * y) ** 2
-    var_y = max(var_y, 1e-12)
+    var_y = (cfg[CFG_SIGMA_I_C] * s[F_RATED_AH, u] * dur_h) ** 2 + (cfg[CFG_GAIN_ERR] * y) ** 2
+    return max(var_y, 1e-12)
+
+
+@njit(**_JIT)
+def _add_pair(s: np.ndarray, cfg: np.ndarray, u: int, t: float, x: float, y: float,
+              var_x: float, gamma: float, cbuf: np.ndarray, scale: float = 1.0) -> None:
+    """One AWTLS update with the pair (x = dSOC, y = Ah); `scale` multiplies both of its
+    variances (AWTLS assumes one ratio of the two errors: a less certain pair is scaled as a
+    whole, see _pair_to)."""
+    var_y = _pair_var_y(s, cfg, u, t, y) * scale
+    var_x = var_x * scale
     k = s[F_K, u]
     for j in range(6):
         s[F_C1 + j, u] *= gamma
@@ -322,7 +339,32 @@ def _pair_to(s: np.ndarray, cfg: np.ndarray, u: int, t: float, z_end: float,
         return -1.0
     var_x = s[F_PAIR_VAR, u] + var_end + cfg[CFG_SIGMA_X_MIN] ** 2
     gamma = _forgetting(s, cfg, u, t)
-    _add_pair(s, cfg, u, t, x, y, var_x, gamma, cbuf)
+    # the pair's error in Ah, as total least squares sees it: the charge's own, plus the
+    # SOC difference's through the capacity
+    v_pair = _pair_var_y(s, cfg, u, t, y) + q * q * var_x
+    # Plus the charge the samples left open (F_PAIR_DQ_AH): its bound is taken as one sigma
+    # (one change at a uniform instant would give bound / sqrt(3), but an interval may hold
+    # several changes, or a pulse no sample saw). Summed linearly over the pair, not
+    # root-sum-square: a load that repeats at a multiple of the sample period is caught at
+    # the same phase every time (aliasing: 10 s samples of a 60 s drive cycle count +22 %),
+    # so these errors need not average out.
+    v_open = s[F_PAIR_DQ_AH, u] ** 2
+    scale = (v_pair + v_open) / v_pair
+    # Innovation gate: a pair further than pair_gate sigmas from what the estimate predicts
+    # (its memory faded by gamma) is not used, unless pair_reject_max pairs before it were
+    # rejected on the same side: then the estimate, not the pairs, is what is wrong.
+    # (r > 0: the pair says more capacity, for a charge pair, x < 0, as for a discharge)
+    r = (y - q * x) * math.copysign(1.0, x) / math.sqrt(v_pair * scale
+                                                        + x * x * s[F_Q_VAR, u] / gamma)
+    if abs(r) > cfg[CFG_PAIR_GATE]:
+        run = s[F_GATE_RUN, u]
+        run = run + 1.0 if run * r > 0.0 else 1.0  # consecutive rejections on this side
+        if run <= cfg[CFG_PAIR_REJECT_MAX]:
+            s[F_GATE_RUN, u] = math.copysign(run, r)
+            s[F_PAIRS_REJECTED, u] += 1.0
+            return -1.0
+    s[F_GATE_RUN, u] = 0.0
+    _add_pair(s, cfg, u, t, x, y, var_x, gamma, cbuf, scale)
     if s[F_PAIR_FULL, u] > 0.5:
         s[F_ZF_W, u] = gamma * s[F_ZF_W, u] + 1.0
         s[F_ZF_S, u] = gamma * s[F_ZF_S, u] + s[F_PAIR_Z, u]
@@ -351,6 +393,7 @@ def _end_discharge(s: np.ndarray, p: np.ndarray, cfg: np.ndarray, u: int, t: flo
     s[F_PAIR_Z, u] = z_end
     s[F_PAIR_VAR, u] = var_end
     s[F_PAIR_AH, u] = 0.0
+    s[F_PAIR_DQ_AH, u] = 0.0
     s[F_PAIR_T, u] = t
     s[F_PAIR_FULL, u] = 0.0
 
@@ -375,6 +418,7 @@ def _anchor(s: np.ndarray, p: np.ndarray, ocv_v: np.ndarray, cfg: np.ndarray, u:
     s[F_PAIR_Z, u] = z
     s[F_PAIR_VAR, u] = var_z
     s[F_PAIR_AH, u] = 0.0
+    s[F_PAIR_DQ_AH, u] = 0.0
     s[F_PAIR_T, u] = t
     s[F_PAIR_FULL, u] = 1.0 if z >= cfg[CFG_FULL_SOC_MIN] else 0.0
     s[F_ANCHORS, u] += 1.0
@@ -517,6 +561,7 @@ def update_kernel(s: np.ndarray, p: np.ndarray, ocv_v: np.ndarray, cfg: np.ndarr
             # a long enough gap ending at rest may have been a rest: credit it, still
             # requiring a settled voltage before anchoring
             s[F_REST_S, u] = dt if (resting and not np.isnan(t_last)) else 0.0
+            s[F_T_FRESH, u] = t
         else:
             # ---- EKF predict: coulomb count (trapezoid) and the RC, the current being
             # assumed to change mid-interval (the switching instant is unknown) ----
@@ -526,6 +571,19 @@ def update_kernel(s: np.ndarray, p: np.ndarray, ocv_v: np.ndarray, cfg: np.ndarr
             s[F_PAIR_AH, u] += dah
             if dah > 0.0:
                 s[F_AH_DIS, u] += dah
+            # The samples do not say when (or how often) the current changed between them:
+            # the trapezoid may be off by up to |dI| dt / 2 (changes within the rest band
+            # are sensor noise, which integrates out). A reading under load that repeats the
+            # previous one exactly (voltage and current, noise and all) is a held value
+            # re-sent (a board reporting faster than its sensors refresh), not a new
+            # measurement: dt then runs from when the held value was first seen (at most
+            # max_gap_s). At rest a steady reading is just steady.
+            d_i = i - i_last
+            if v != v_last or d_i != 0.0 or resting:
+                if abs(d_i) > rest_a:
+                    s[F_PAIR_DQ_AH, u] += abs(d_i) * min(t - s[F_T_FRESH, u],
+                                                         cfg[CFG_MAX_GAP_S]) * (0.5 / 3600.0)
+                s[F_T_FRESH, u] = t
             tau = p[chem, CP_TAU1_S]
             if dt != memo_dt or tau != memo_tau:
                 memo_dt, memo_tau = dt, tau
@@ -540,8 +598,7 @@ def update_kernel(s: np.ndarray, p: np.ndarray, ocv_v: np.ndarray, cfg: np.ndarr
             pvv = a2 * a2 * pvv + cfg[CFG_Q_V1_PER_S] * dt
             s[F_REST_S, u] = s[F_REST_S, u] + dt if resting else 0.0
 
-            # ---- R0: RLS on an informative current step ----
-            d_i = i - i_last
+            # ---- R0: RLS on an informative current step (d_i above) ----
             informative = False
             ocv_prev = ocv_now = 0.0
             if (v_ok and tc_ok and not np.isnan(v_last)
@@ -681,7 +738,8 @@ class SohBank:
         col[F_R0_P] = r0 * r0 / s2_0  # prior sigma = 100 % of the prior value
         col[F_R0_N] = 0.0
         for f in (F_CAP_UPDATES, F_PAIR_OK, F_PAIR_AH, F_PAIR_FULL, F_REST_S, F_IN_DIS,
-                  F_AH_DIS, F_ANCHORS, F_PAIRS, F_CAP_AH_DIS):
+                  F_AH_DIS, F_ANCHORS, F_PAIRS, F_CAP_AH_DIS, F_PAIR_DQ_AH, F_PAIRS_REJECTED,
+                  F_GATE_RUN):
             col[f] = 0.0
         for base in (F_TD_S0, F_TE_S0):
             col[base : base + 6] = 0.0
@@ -746,6 +804,8 @@ class SohBank:
             "efc": efc,
             "r0_updates": s[F_R0_N].astype(np.int64),
             "anchors": s[F_ANCHORS].astype(np.int64),
+            "pairs": s[F_PAIRS].astype(np.int64),
+            "pairs_rejected": s[F_PAIRS_REJECTED].astype(np.int64),
         }
 
     def state(self) -> dict[str, np.ndarray]:
@@ -762,9 +822,14 @@ class SohBank:
     @classmethod
     def from_state(cls, state: dict[str, np.ndarray]) -> SohBank:
         """A bank that continues exactly where `state()` was taken."""
-        if int(state["version"]) != STATE_VERSION:
-            raise ValueError(f"state version {int(state['version'])}, expected {STATE_VERSION}")
+        version = int(state["version"])
+        if version not in (1, STATE_VERSION):
+            raise ValueError(f"state version {version}, expected {STATE_VERSION}")
         s = np.asarray(state["s"], dtype=np.float64)
+        if version == 1 and s.shape[0] == F_PAIR_DQ_AH:
+            # a pair open at the save continues without the bound of its charge so far
+            s = np.vstack([s, np.zeros((N_F - F_PAIR_DQ_AH, s.shape[1]))])
+            s[F_T_FRESH] = s[F_T_LAST]
         if s.shape[0] != N_F:
             raise ValueError("state has the wrong number of fields")
         bank = cls(capacity=max(s.shape[1], 1))

@@ -470,3 +470,33 @@ def test_r0_skips_a_glitch_but_learns_a_lasting_change() -> None:
     v2, _ = simulate("nmc", 2.0, 0.060, t2, current2, z0=0.9, noise_v=0.001)
     feed(bank, u, t2 + t_rest[-1] + 2.0, v2, current2)
     assert bank.estimates()["r0_mohm"][0] == pytest.approx(60.0, rel=0.05)
+
+
+def test_a_gross_pair_is_rejected_until_pairs_keep_saying_so() -> None:
+    """A unit whose rated capacity is wrong by 2x (a typo in its profile): the first two pairs
+    are far outside the prediction and rejected; the third on the same side is believed, and
+    the estimate then follows the data."""
+    cell = Cell("nmc", 2.0, 0.03)
+    t, current, v, delivered = cutoff_cycles(cell, "nmc", 5)
+    bank = SohBank()
+    u = bank.add("nmc", 1.0)  # told 1.0 Ah, holds 2.0
+    feed(bank, u, t, v, current)
+    est = bank.estimates()
+    assert est["pairs_rejected"][0] == 2
+    assert est["capacity_ah"][0] == pytest.approx(delivered[-1], rel=0.05)
+
+
+def test_state_of_version_1_loads() -> None:
+    t, current, v, _ = cutoff_cycles(Cell("nmc", 1.9, 0.03), "nmc", 1)
+    bank = SohBank()
+    bank.add("nmc", 2.0)
+    feed(bank, 0, t, v, current)
+    old = bank.state()
+    old["version"] = np.array(1)
+    old["s"] = old["s"][: soh.F_PAIR_DQ_AH]
+    old["cfg_names"] = old["cfg_names"][:22]
+    old["cfg"] = old["cfg"][:22]
+    again = SohBank.from_state(old)
+    assert again.config == bank.config
+    np.testing.assert_array_equal(again.estimates()["capacity_ah"], bank.estimates()["capacity_ah"])
+    assert again.state()["s"][soh.F_T_FRESH, 0] == t[-1]
