@@ -48,8 +48,10 @@ def _daemon_drain(d: live.DaemonProc, fleet: live.Fleet, seq0: int, n_samples: i
     tl = live.commit_timeline(d, last_board, fleet.boot, seq0, len(fleet.ids), expected)
     wall = tl[-1][0] - t0
     rate, window = live.timeline_rate(tl, expected, t0)
+    # the watched board is one of many: the exact count, once the last ones are in
+    got, _ = live.wait_count(d, expected, where="WHERE seq >= ? AND seq < ?",
+                             args=(seq0, seq0 + n_samples))
     d.stop()
-    got = live.count_samples(d, "WHERE seq >= ? AND seq < ?", seq0, seq0 + n_samples)
     return {"rate": rate, "window_s": window, "wall_s": wall, "stored": got,
             "expected": expected}
 

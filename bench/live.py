@@ -36,7 +36,6 @@ from pathlib import Path
 from typing import Any
 
 REPO = Path(__file__).resolve().parent.parent
-TS0_MS = 1_764_000_000_000  # a fixed board-time origin (2025-11-24): frames are reproducible
 
 
 # -- the daemon -----------------------------------------------------------------------------------
@@ -221,16 +220,16 @@ class Shape:
 
 class Fleet:
     """Boards `first_id .. first_id + n - 1`, all of one shape; frames as 1 Hz boards make them
-    (seq k at board time TS0 + k s), every value from codec.encode_frame."""
+    (seq k at board time ts0 + k periods; ts0 defaults to now), frames from codec.encode_frame."""
 
     VARIANTS = 16  # measurement sets per board, cycled (cells drift, current steps)
 
     def __init__(self, n_boards: int, shape: Shape = Shape(), first_id: int = 0x10000,
-                 boot: int = 1, ts0_ms: int = TS0_MS, period_ms: int = 1000) -> None:
+                 boot: int = 1, ts0_ms: int | None = None, period_ms: int = 1000) -> None:
         self.ids = list(range(first_id, first_id + n_boards))
         self.shape = shape
         self.boot = boot
-        self.ts0_ms = ts0_ms
+        self.ts0_ms = int(time.time() * 1000) if ts0_ms is None else ts0_ms
         self.period_ms = period_ms
 
     def split(self, parts: int) -> list[Fleet]:
@@ -697,30 +696,32 @@ def _probe_main(a: dict[str, Any]) -> dict[str, Any]:
     _wait(pub.is_connected, 20, "probe publisher connect")
     time.sleep(a["warmup_s"])
     half = a["interval_s"] / 2
-    rt: list[float | None] = []
-    alarm: list[float | None] = []
+    sent: dict[str, float] = {}  # key -> publish time; probes go out on schedule, not waiting
+    kinds_of: dict[str, str] = {}
     t_first = time.perf_counter()
+    k = 0
     for i, b in enumerate(fleet.ids):
-        kinds = ("echo", "alarm") if i % 2 == 0 else ("alarm", "echo")
-        for kind in kinds:
-            tick = time.perf_counter()
-            if kind == "echo":
-                key = f"bench/echo/{i}"
-                ev = expect(key)
-                t0 = time.perf_counter()
-                pub.publish(key, crossing[b], qos=1)
-            else:
-                key = f"alarm/{b}"
-                ev = expect(key)
-                t0 = time.perf_counter()
-                pub.publish(f"packsentry/{site}/{b}/data", crossing[b], qos=1)
-            ok = ev.wait(a["timeout_s"])
-            with lock:
-                lat = arrived[key] - t0 if ok and key in arrived else None
-            (rt if kind == "echo" else alarm).append(lat)
-            wait = tick + half - time.perf_counter()
+        for kind in (("echo", "alarm") if i % 2 == 0 else ("alarm", "echo")):
+            due = t_first + k * half
+            k += 1
+            wait = due - time.perf_counter()
             if wait > 0:
                 time.sleep(wait)
+            if kind == "echo":
+                key, topic = f"bench/echo/{i}", f"bench/echo/{i}"
+            else:
+                key, topic = f"alarm/{b}", f"packsentry/{site}/{b}/data"
+            expect(key)
+            kinds_of[key] = kind
+            sent[key] = time.perf_counter()
+            pub.publish(topic, crossing[b], qos=1)
+    deadline = time.perf_counter() + a["timeout_s"]  # then the stragglers, for a while
+    for key in sent:
+        events[key].wait(max(0.0, deadline - time.perf_counter()))
+    with lock:
+        lat = {key: (arrived[key] - t0 if key in arrived else None) for key, t0 in sent.items()}
+    rt = [v for key, v in lat.items() if kinds_of[key] == "echo"]
+    alarm = [v for key, v in lat.items() if kinds_of[key] == "alarm"]
     span = time.perf_counter() - t_first
     for c in (pub, sub):
         c.disconnect()
@@ -795,3 +796,24 @@ def arrival_rate(times: list[float]) -> tuple[float, float]:
 
 def count_samples(d: DaemonProc, where: str = "", *args: Any) -> int:
     return int(d.query(f"SELECT count(*) FROM samples {where}", *args)[0][0])
+
+
+def wait_count(d: DaemonProc, expected: int, *, stall_s: float = 10.0,
+               timeout_s: float = 60.0, where: str = "", args: tuple = ()) -> tuple[int, bool]:
+    """Poll the exact count of stored samples until it reaches `expected`, stops moving for
+    stall_s, or timeout_s passes. Returns (count, stalled)."""
+    t_end = time.monotonic() + timeout_s
+    last, moved = -1, time.monotonic()
+    while True:
+        n = count_samples(d, where, *args)
+        now = time.monotonic()
+        if n != last:
+            last, moved = n, now
+        if n >= expected:
+            return n, False
+        if now - moved >= stall_s:
+            return n, True
+        if now >= t_end:
+            return n, False
+        d.check()
+        time.sleep(0.25)

@@ -59,9 +59,9 @@ def run(ctx: Context) -> list[Figure]:
                 rate, window = live.timeline_rate(tl, expected, t0)
                 frame_bytes = (out["bytes"] - _births_bytes(fleet, seq[name] == 1)) / \
                     out["frames"]
-                stored = live.count_samples(d, "WHERE board_id >= ? AND board_id <= ? AND "
-                                            "seq >= ? AND seq < ?", fleet.ids[0], fleet.ids[-1],
-                                            seq[name], seq[name] + n)
+                stored, _ = live.wait_count(
+                    d, expected, where="WHERE board_id >= ? AND board_id <= ? AND seq >= ? "
+                    "AND seq < ?", args=(fleet.ids[0], fleet.ids[-1], seq[name], seq[name] + n))
                 res[name].append({"rate": rate, "window_s": round(window, 3),
                                   "frames": out["frames"], "stored": stored,
                                   "line_bytes_per_frame": frame_bytes,
