@@ -33,6 +33,9 @@ def test_smoke_run_writes_every_benchmark(tmp_path: Path) -> None:
         for fig in entry["figures"]:
             assert math.isfinite(fig["value"]), (name, fig)
             assert fig["pass"] is None  # a smoke run judges nothing
+            # ...but the end-to-end runs still check their premise (every sample stored,
+            # every alarm arrived): a FAILED note is a broken rig, whatever the sizes
+            assert not fig["note"].startswith("FAILED"), (name, fig["note"])
             if fig["baseline"]:
                 assert fig["baseline_value"] > 0 and math.isfinite(fig["ratio"]), (name, fig)
     table = (tmp_path / "latest.md").read_text()
