@@ -246,17 +246,12 @@ class _Replay:
     def _heard(self, item: Inbound) -> None:
         if len(item.raw) < codec.HEADER_SIZE:
             return
-        header = codec.HEADER.unpack_from(item.raw, 0)
-        board_id, ts_ms = header[3], header[6]
-        # the engine ages a board from its newest frame time; receive time covers a board
-        # whose clock is behind
-        self.heard_ms[board_id] = max(self.heard_ms.get(board_id, 0), item.rx_ms, ts_ms)
+        board_id = codec.HEADER.unpack_from(item.raw, 0)[3]
+        # the engine ages a board on the host's clock: the receive time
+        self.heard_ms[board_id] = max(self.heard_ms.get(board_id, 0), item.rx_ms)
 
     def _silent_ms(self, board_id: int) -> int | None:
-        bs = self.processor.boards.get(board_id)
-        if bs is None or bs.profile is None:
-            return None
-        return self.settings.silent_periods * bs.profile.sample_period_ms
+        return self.processor.engine.silent_after_ms(board_id)
 
     def _next_deadline(self) -> float:
         """The earliest time a known board turns silent (inf: none)."""

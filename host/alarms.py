@@ -208,6 +208,7 @@ class _Board:
     last_sample_ms: int | None = None  # newest sample evaluated
     last_frame_ms: int | None = None  # newest frame of any kind (silence)
     flags: int = 0  # alarm_flags of the newest sample evaluated: the board's alarms now
+    report_ms: int = 0  # time one frame covers when the board sends batches (else 0)
     offline: bool = False  # MQTT last will seen and nothing since
     first_sample_ms: int | None = None  # since the profile was set
     riso_seen: bool = False  # a valid insulation reading since the profile was set
@@ -360,13 +361,25 @@ class AlarmEngine:
             out += self._apply(tr, b.last_sample_ms)
         return out
 
-    def on_heard(self, board_id: int, now_ms: int) -> list[AlarmEvent]:
-        """Frames from the board arrived at the host's time now_ms (silence_on_host_clock)."""
+    def on_heard(self, board_id: int, now_ms: int,
+                 report_ms: int | None = None) -> list[AlarmEvent]:
+        """Frames from the board arrived at the host's time now_ms (silence_on_host_clock).
+        report_ms: the time its newest sample-bearing frame covers (n x the sample period
+        for a batch, one period for a sample): a board that batches reports less often."""
         b = self._boards.get(board_id)
         if b is None or b.profile is None:
             return []
+        if report_ms is not None:
+            b.report_ms = report_ms
         b.last_frame_ms = now_ms if b.last_frame_ms is None else max(b.last_frame_ms, now_ms)
         return self._heard(b, board_id, now_ms)
+
+    def silent_after_ms(self, board_id: int) -> int | None:
+        """How long the board may go without a frame before it is silent (None: unknown)."""
+        b = self._boards.get(board_id)
+        if b is None or b.profile is None:
+            return None
+        return self.settings.silent_periods * max(b.profile.sample_period_ms, b.report_ms)
 
     def on_link(self, board_id: int, ts_ms: int, online: bool) -> list[AlarmEvent]:
         """Link news: offline is the MQTT last will (board_silent L1 at once); online means
@@ -393,17 +406,19 @@ class AlarmEngine:
         tr.host_level, tr.value = 1, float(missing)
         return out + self._apply(tr, ts_ms)
 
-    def tick(self, now_ms: int) -> list[AlarmEvent]:
+    def tick(self, now_ms: int, heard_until_ms: int | None = None) -> list[AlarmEvent]:
         """Time passing: shelving expiry, silent boards, on-delays that ran out between
-        samples (only while the board's data is fresh)."""
+        samples (only while the board's data is fresh). heard_until_ms: the caller has not
+        processed what arrived after it yet (a backlog), so silence is judged there."""
         out = self._expire_shelves(now_ms)
         fresh: set[int] = set()
+        heard_at = now_ms if heard_until_ms is None else min(now_ms, heard_until_ms)
         for board_id, b in self._boards.items():
             p = b.profile
             if p is None or b.last_frame_ms is None:
                 continue
-            age = now_ms - b.last_frame_ms
-            if age < self.settings.silent_periods * p.sample_period_ms:
+            age = heard_at - b.last_frame_ms
+            if age < self.settings.silent_periods * max(p.sample_period_ms, b.report_ms):
                 if b.last_sample_ms is not None:
                     fresh.add(board_id)
             elif not b.offline:

@@ -183,7 +183,7 @@ class Daemon:
             t = time.monotonic()
             if t >= next_tick:
                 next_tick = t + TICK_S
-                p.tick()
+                p.tick(self._heard_until_ms())
                 assert self.dispatcher is not None
                 self.dispatcher.tick(now_ms())  # flood summaries whose window is over
             if t >= next_beat:
@@ -196,6 +196,16 @@ class Daemon:
                 if n:
                     log.info("retention: %d samples older than %.1f days downsampled", n,
                              cfg.storage.retention_days)
+
+    def _heard_until_ms(self) -> int | None:
+        """The receive time of the oldest frame waiting in the queue (None: it is empty).
+        A full queue means the sources are blocked with more behind them: judge no one."""
+        if self.queue.full():
+            return 0
+        try:
+            return self.queue.queue[0].rx_ms  # a peek; the deque is the queue's own
+        except IndexError:
+            return None
 
     def _take(self, n: int, wait_s: float) -> list[Inbound]:
         try:

@@ -261,8 +261,12 @@ class Processor:
         if msg_type == "birth":
             self._birth(bs, frame, item, b, now)
         elif msg_type == "sample":
+            if bs.profile is not None:
+                b.report_ms[board_id] = bs.profile.sample_period_ms
             self._sample(bs, frame, item, b, seq, frame["ts_ms"], p)
         elif msg_type == "batch":
+            if bs.profile is not None:
+                b.report_ms[board_id] = span * bs.profile.sample_period_ms
             for i, rec in enumerate(p["samples"]):
                 self._sample(bs, frame, item, b, seq + i, frame["ts_ms"] + rec["dt_ms"], rec)
         else:
@@ -354,7 +358,7 @@ class Processor:
                     b.events += self.engine.on_sample(bs.board_id, ts_ms, m)
                     b.soh.append((bs, ts_ms, m))
         for board_id, rx_ms in b.seen.items():
-            b.events += self.engine.on_heard(board_id, rx_ms)
+            b.events += self.engine.on_heard(board_id, rx_ms, b.report_ms.get(board_id))
         self._feed_estimator(b)
 
     def _holding(self, bs: BoardState, now: int) -> bool:
@@ -545,12 +549,14 @@ class Processor:
 
     # -- periodic work (the daemon calls this about once a second) -----------------------------
 
-    def tick(self) -> None:
+    def tick(self, heard_until_ms: int | None = None) -> None:
+        """heard_until_ms: the receive time of the oldest frame still waiting in the
+        daemon's queue (it is behind): no board is silent for want of what it holds."""
         now = self.clock_ms()
         b = _Batch()
         changes = self.delivery.settle(now)
         self._evaluate(b, now)  # what a stalled gap held back
-        events = b.events + self.engine.tick(now)
+        events = b.events + self.engine.tick(now, heard_until_ms)
         b.events = []
         actions = self.storage.pending_actions()
         results = [(i, self._apply(action, args, actor, now, events))
@@ -649,6 +655,7 @@ class _Batch:
     soh: list[tuple[BoardState, int, dict[str, Any]]] = field(default_factory=list)
     # per board: (ts_ms, seq, _SAMPLE | _BOARD_ALARM, payload) for the alarm engine
     evals: dict[int, list[tuple[int, int, int, dict[str, Any]]]] = field(default_factory=dict)
+    report_ms: dict[int, int] = field(default_factory=dict)  # per board: its newest frame's span
 
 
 def _profile(b: dict[str, Any]) -> BoardProfile:

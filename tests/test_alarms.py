@@ -403,6 +403,25 @@ def test_board_silent_after_three_periods_and_by_mqtt_will() -> None:
     assert names(rig.engine.on_link(BOARD, rig.t + 2, True)) == [("board_silent", "cleared", 1)]
 
 
+def test_silence_on_the_host_clock_for_batching_boards_and_behind_a_backlog() -> None:
+    """The daemon's way: receptions on its own clock (a board stamps its first frames with
+    its uptime: no decades of silence), a board sending 10-sample batches reports every
+    10 periods, and a daemon behind its queue judges silence where its backlog starts."""
+    engine = AlarmEngine(silence_on_host_clock=True)
+    engine.set_profile(profile(sample_period_ms=1000))
+    host_ms = 1_764_000_000_000
+    engine.on_sample(BOARD, 5_000, sample())  # uptime stamps, before the time sync
+    assert engine.on_heard(BOARD, host_ms) == []
+    assert engine.tick(host_ms + 2_999) == []
+    assert names(engine.tick(host_ms + 3_000)) == [("board_silent", "raised", 1)]
+    assert names(engine.on_heard(BOARD, host_ms + 3_100, report_ms=10_000)) == [
+        ("board_silent", "cleared", 1)]
+    assert engine.silent_after_ms(BOARD) == 30_000
+    assert engine.tick(host_ms + 33_099) == []
+    assert engine.tick(host_ms + 40_000, heard_until_ms=host_ms + 20_000) == []  # backlog
+    assert names(engine.tick(host_ms + 40_000)) == [("board_silent", "raised", 1)]
+
+
 def test_seq_gap_is_data_quality_l1_that_escalates_when_it_keeps_coming_back() -> None:
     rig = Rig()
     out = []

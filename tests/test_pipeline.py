@@ -235,6 +235,15 @@ def test_batch_frames_store_one_row_per_sample(tmp_path: Path) -> None:
     assert seqs == board.sample_seqs and len(seqs) == 10
     assert seqs == list(range(seqs[0], seqs[0] + 10))
     assert p.storage.db.execute("SELECT max(ts_ms) FROM samples").fetchone()[0] == T0 + 10_000
+    # a board that sends 10 samples a frame reports every 10 periods: not silent after 3
+    def silent() -> list[dict]:
+        return [a for a in p.storage.alarms() if "no frame for" in a["message"]]
+    clock.ms += 29_000
+    p.tick()
+    assert not silent()
+    clock.ms += 1_000
+    p.tick()
+    assert silent()
 
 
 def test_a_birth_the_alarm_engine_refuses_is_quarantined(tmp_path: Path) -> None:
