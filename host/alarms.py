@@ -3,8 +3,9 @@ and link events, with an ISA-18.2 / IEC 62682 lifecycle.
 
 Pure logic: time comes in with every call (the frame's `ts_ms`, or the daemon's clock for
 `tick` and operator actions), nothing here reads a clock, starts a thread or does I/O, and the
-whole state is a JSON document (`state()` / `load_state()`), so a restart continues where it
-stopped and a replayed trace gives the same events.
+whole state is a JSON document (`state()` / `load_state()`; also in parts, a head and one per
+board, so that a save after an event writes only the boards whose alarms moved), so a restart
+continues where it stopped and a replayed trace gives the same events.
 
 Model (see docs/alarms.md for the full picture):
 
@@ -249,6 +250,8 @@ class AlarmEngine:
         self.silence_on_host_clock = silence_on_host_clock
         self._boards: dict[int, _Board] = {}
         self._tracks: dict[tuple[int, str, str], _Track] = {}
+        self._board_tracks: dict[int, list[_Track]] = {}  # the same tracks, by board
+        self._dirty: set[int] = set()  # boards whose alarms moved since take_dirty()
         self._by_id: dict[int, _Track] = {}
         self._next_id = 1
 
@@ -517,6 +520,31 @@ class AlarmEngine:
             "tracks": [t.to_dict() for t in self._tracks.values()],
         }
 
+    # The same state in parts, so that a save after an alarm event writes the boards whose
+    # alarms moved (and the id counter), not the whole fleet: at 1000 boards the whole
+    # state is ~7 MB of JSON and ~0.3 s to build.
+
+    def head_state(self) -> dict[str, Any]:
+        return {"version": STATE_VERSION, "next_id": self._next_id}
+
+    def board_state(self, board_id: int) -> dict[str, Any]:
+        return {"board": self._boards[board_id].to_dict(),
+                "tracks": [t.to_dict() for t in self._board_tracks.get(board_id, ())]}
+
+    def boards(self) -> list[int]:
+        return list(self._boards)
+
+    def take_dirty(self) -> set[int]:
+        """The boards whose alarms changed since the last call (their part needs saving)."""
+        dirty, self._dirty = self._dirty, set()
+        return dirty
+
+    @staticmethod
+    def join_state(head: Mapping[str, Any], parts: Mapping[int, Mapping[str, Any]]
+                   ) -> dict[str, Any]:
+        return {**head, "boards": {str(k): v["board"] for k, v in parts.items()},
+                "tracks": [t for v in parts.values() for t in v["tracks"]]}
+
     def load_state(self, d: Mapping[str, Any]) -> None:
         if d.get("version") != STATE_VERSION:
             raise ValueError(f"alarm state version {d.get('version')!r}, expected "
@@ -524,10 +552,12 @@ class AlarmEngine:
         self._next_id = int(d["next_id"])
         self._boards = {int(k): _Board.from_dict(v) for k, v in d["boards"].items()}
         self._tracks = {}
+        self._board_tracks = {}
         self._by_id = {}
         for td in d["tracks"]:
             tr = _Track.from_dict(td)
             self._tracks[tr.key] = tr
+            self._board_tracks.setdefault(tr.board_id, []).append(tr)
             if tr.alarm_id:
                 self._by_id[tr.alarm_id] = tr
 
@@ -1014,6 +1044,7 @@ class AlarmEngine:
               until_ms: int | None = None, close: bool = False) -> AlarmEvent:
         """Build the event for a transition (and close the alarm first if it ends here)."""
         assert tr.alarm_id is not None
+        self._dirty.add(tr.board_id)
         p = self._boards[tr.board_id].profile
         assert p is not None
         alarm_id, level, active, acked = tr.alarm_id, tr.level, tr.active, tr.acked or close
@@ -1111,6 +1142,7 @@ class AlarmEngine:
         tr = self._tracks.get(key)
         if tr is None:
             tr = self._tracks[key] = _Track(board_id, rule, scope)
+            self._board_tracks.setdefault(board_id, []).append(tr)
         return tr
 
     def _open(self, alarm_id: int) -> _Track:

@@ -47,6 +47,7 @@ I32_MARK = 0x7FFF_FFFE
 NO_CELL = 0xFFFF  # probe_cell: probe not on a cell
 
 STATE_EVERY_MS = 10_000  # estimator and alarm state saved at least this often (default)
+ALARM_PART = "alarms/board/"  # + board id: one engine_state row per board
 # After a link outage the board's live frames arrive before its re-sent backlog. Evaluating
 # them first would make the alarm engine skip the backlog (rates and latches only move
 # forward), so the host would learn what happened during the outage only from what is still
@@ -154,7 +155,12 @@ class Processor:
             self.soh = SohBank.from_state(arrays)
         raw = st.load_state("alarms")
         if raw is not None:
-            self.engine.load_state(json.loads(raw))
+            head = json.loads(raw)
+            if "boards" not in head:  # saved in parts: the head, then a part per board
+                parts = {int(name.rsplit("/", 1)[1]): json.loads(value)
+                         for name, value in st.load_states(ALARM_PART).items()}
+                head = self.engine.join_state(head, parts)
+            self.engine.load_state(head)
         for b in st.boards():
             bs = self.boards[b["board_id"]] = BoardState(b["board_id"], b["site"])
             if b["chemistry"]:
@@ -470,9 +476,10 @@ class Processor:
             self._record_gaps(gap_changes, b, now)
             if b.events:
                 st.write_alarm_events(b.events, now)
-            if (b.events and self.state_every_ms <= STATE_EVERY_MS) or \
-                    now - self._state_saved_ms >= self.state_every_ms:
+            if now - self._state_saved_ms >= self.state_every_ms:
                 self._save_state(now)
+            elif b.events and self.state_every_ms <= STATE_EVERY_MS:
+                self._save_alarm_parts(self.engine.take_dirty(), now)
         self.stats.commits += 1
         for done in b.after:
             if done is not None:
@@ -505,8 +512,18 @@ class Processor:
                  _unit_updates=self.unit_updates, _unit_stored_ms=self.unit_stored_ms,
                  **self.soh.state())
         self.storage.save_state("soh", buf.getvalue(), now)
-        self.storage.save_state("alarms", json.dumps(self.engine.state()).encode(), now)
+        self.engine.take_dirty()
+        self._save_alarm_parts(self.engine.boards(), now)
         self._state_saved_ms = now
+
+    def _save_alarm_parts(self, boards: Iterable[int], now: int) -> None:
+        """The alarm engine's id counter and the given boards' parts. After an alarm event
+        only the boards whose alarms moved: the database then never holds an alarm the
+        saved state does not know (a restart would reuse its id)."""
+        st = self.storage
+        st.save_state("alarms", json.dumps(self.engine.head_state()).encode(), now)
+        st.save_states([(f"{ALARM_PART}{board}", json.dumps(self.engine.board_state(board))
+                         .encode()) for board in boards], now)
 
     def _command(self, bs: BoardState, what: str, *args: Any) -> bool:
         if bs.link is None:

@@ -278,6 +278,10 @@ class Storage:
         self.db.execute("INSERT OR REPLACE INTO engine_state VALUES (?,?,?)",
                         (name, saved_ms, value))
 
+    def save_states(self, items: Iterable[tuple[str, bytes]], saved_ms: int) -> None:
+        self.db.executemany("INSERT OR REPLACE INTO engine_state VALUES (?,?,?)",
+                            ((name, saved_ms, value) for name, value in items))
+
     def set_meta(self, key: str, value: str) -> None:
         self.db.execute("INSERT OR REPLACE INTO meta VALUES (?,?)", (key, value))
 
@@ -286,6 +290,12 @@ class Storage:
     def load_state(self, name: str) -> bytes | None:
         row = self.db.execute("SELECT value FROM engine_state WHERE name = ?", (name,)).fetchone()
         return row[0] if row else None
+
+    def load_states(self, prefix: str) -> dict[str, bytes]:
+        """Every state whose name starts with prefix (a prefix without % or _)."""
+        cur = self.db.execute("SELECT name, value FROM engine_state WHERE name >= ? AND "
+                              "name < ?", (prefix, prefix + "\uffff"))
+        return dict(cur.fetchall())
 
     def meta(self, key: str) -> str | None:
         row = self.db.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()

@@ -188,6 +188,34 @@ def test_a_restart_continues_estimates_and_alarms(tmp_path: Path) -> None:
     assert {a["alarm_id"] for a in q.storage.alarms()} == active  # the same alarms, not new
 
 
+def test_an_alarm_event_saves_only_its_boards_part_and_a_crash_restart_continues(
+        tmp_path: Path) -> None:
+    """After an event the engine's id counter and the boards whose alarms moved are saved,
+    in the same transaction as the events; a process killed then (no clean save) restarts
+    with every alarm the database holds, and raises the next one under a fresh id."""
+    clock = Clock()
+    p = make(tmp_path, clock)
+    quiet, hot = PyBoard(1), PyBoard(2)
+    link = Recorder()
+    feed(p, link, quiet.birth(), hot.birth())
+    p.save()  # every board's part
+    saved = dict(p.storage.db.execute("SELECT name, saved_ms FROM engine_state"))
+    clock.ms += 1000
+    feed(p, link, quiet.sample(ts_ms=clock.ms), hot.sample(ts_ms=clock.ms, temp_dc=650))
+    now = dict(p.storage.db.execute("SELECT name, saved_ms FROM engine_state"))
+    moved = {name for name in now if now[name] != saved.get(name)}
+    assert moved == {"alarms", "alarms/board/2"}
+    before = {a["alarm_id"] for a in p.storage.alarms()}
+    assert before and {a["board_id"] for a in p.storage.alarms()} == {2}
+    p.storage.close()  # no p.save(): as if killed
+    q = make(tmp_path, clock)
+    assert {e.alarm_id for e in q.engine.active()} == before
+    clock.ms += 1000
+    feed(q, link, quiet.sample(ts_ms=clock.ms, temp_dc=650))
+    new = {a["alarm_id"] for a in q.storage.alarms()} - before
+    assert new and min(new) > max(before)  # fresh ids, no row overwritten
+
+
 def test_docs_example_config_is_valid(tmp_path: Path) -> None:
     from packsentry.host import config
 
