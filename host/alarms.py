@@ -32,6 +32,8 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, cast
 
+import numpy as np
+
 from packsentry.protocol import layout, schema
 
 from . import alarm_text as text
@@ -314,6 +316,242 @@ class AlarmEngine:
             if (tr := self._tracks.get((board_id, rule, ""))) is not None:
                 out += self._apply(tr, ts_ms)
         out += self._trends(b, p, ts_ms, riso, temps, current_ma)
+        return out
+
+    def on_run(self, board_id: int, ts_ms: np.ndarray,
+               cols: Mapping[str, np.ndarray]) -> list[AlarmEvent]:
+        """Samples of one board, oldest first, as columns: the sample payload's fields by
+        name, `temps_dc` (k, n_probes) and `cells_mv` (k, n_cells). Exactly on_sample for
+        each in turn (the tests hold the two to the same events and state), but a run in
+        which nothing can happen is taken in one go, with numpy: every rule of the board
+        idle and every reading short of its rule's lowest level, which is nearly always."""
+        b, p = self._board(board_id)
+        ts = np.asarray(ts_ms, np.int64)
+        if b.last_sample_ms is not None:  # older ones: on_sample would ignore them
+            keep = ts >= b.last_sample_ms
+            if not keep.all():
+                ts, cols = ts[keep], {k: v[keep] for k, v in cols.items()}
+        if len(ts) == 0:
+            return []
+        quiet = self._quiet_run(b, p, ts, cols)
+        if quiet is None:
+            out: list[AlarmEvent] = []
+            for j in range(len(ts)):
+                row = {k: (v[j].tolist()) for k, v in cols.items()}
+                out += self.on_sample(board_id, int(ts[j]), row)
+            return out
+        return self._take_quiet_run(b, p, ts, cols, quiet)
+
+    def _quiet_run(self, b: _Board, p: BoardProfile, ts: np.ndarray,
+                   cols: Mapping[str, np.ndarray]) -> dict[str, Any] | None:
+        """What a quiet run leaves behind (the last readings, the rise references), or None
+        if anything in it might raise, clear, shelve or debounce: then on_sample decides."""
+        last = int(ts[-1])
+        if len(ts) > 1 and (np.diff(ts) < 0).any():
+            return None
+        if b.offline or b.seq_gap_ms is not None or any(x is not None for x in b.rising_since_ms):
+            return None
+        for tr in self._board_tracks.get(p.board_id, ()):
+            if tr.host_level or tr.board_level or tr.latched or tr.active or tr.since_ms \
+                    or tr.below_since_ms:
+                return None
+        if any(t.shelved_until_ms is not None and t.shelved_until_ms <= last
+               for t in self._by_id.values()):
+            return None
+        if cols["alarm_flags"].any():
+            return None
+        temps = np.asarray(cols["temps_dc"], np.int64).reshape(len(ts), -1)
+        cells = np.asarray(cols["cells_mv"], np.int64).reshape(len(ts), -1)
+        if (temps.size and temps.max() >= _MARKERS["temps_dc"][0]) or \
+                (cells.size and cells.max() >= _MARKERS["cells_mv"][0]) or \
+                cols["pack_mv"].max() >= _MARKERS["pack_mv"][0] or \
+                cols["current_ma"].max() >= _MARKERS["current_ma"][0]:
+            return None  # a sensor fault, or a marker to tell apart: one at a time
+        riso = np.stack([np.asarray(cols["riso_pos_kohm"], np.int64),
+                         np.asarray(cols["riso_neg_kohm"], np.int64)], axis=1)
+        marker = riso >= _MARKERS["riso_pos_kohm"][0]
+        if marker.any() and (p.riso_period_ms > 0  # fitted: a fault, or the boot's grace
+                             or (riso[marker] != _MARKERS["riso_pos_kohm"][1]).any()):
+            return None
+
+        def short_of(rule: str, values: np.ndarray, rounded: bool = False) -> bool:
+            """No value at or past the rule's lowest level. A margin: the per-sample path
+            compares values rounded to 0.1 for some rules (round() and numpy's rounding
+            differ at ties), and float noise for the rest."""
+            lim = self.settings.limit(p.chemistry, rule)
+            if lim is None or not len(values):
+                return True
+            thr = lim.levels[min(lim.levels)]
+            margin = (0.1 if rounded else 0.0) + 1e-6 * max(1.0, abs(thr))
+            return bool((values < thr - margin).all() if lim.above
+                        else (values >= thr + margin).all())
+
+        both = ~marker.any(axis=1)
+        r_min = np.where(marker, np.iinfo(np.int64).max, riso).min(axis=1)
+        has_riso = ~marker.all(axis=1)
+        ohm_per_v = r_min[has_riso] * 1e6 / p.max_pack_mv
+        if not short_of("insulation", ohm_per_v, rounded=True):
+            return None
+        n_probes = temps.shape[1]
+        if n_probes:
+            if not short_of("temp_high", temps.max(axis=1).astype(np.float64)):
+                return None
+            on_cells = [i for i in range(n_probes)
+                        if i < len(p.probe_cell) and p.probe_cell[i] != NOT_ON_CELL]
+            group = on_cells if len(on_cells) >= 2 else list(range(n_probes))
+            if len(group) >= 2:
+                g = temps[:, group]
+                if not short_of("temp_spread", (g.max(axis=1) - g.min(axis=1)).astype(float)):
+                    return None
+        if cells.shape[1]:
+            c_max, c_min = cells.max(axis=1), cells.min(axis=1)
+            if not (short_of("cell_overvoltage", c_max.astype(float))
+                    and short_of("cell_undervoltage", c_min.astype(float))
+                    and (cells.shape[1] < 2
+                         or short_of("cell_spread", (c_max - c_min).astype(float)))):
+                return None
+        # the rise references, as _remember keeps them, and the rates over them
+        h_ts = np.array([h[0] for h in b.hist] + ts.tolist(), np.int64)
+        h_temps = [h[2] for h in b.hist]
+        n0 = len(b.hist)
+        if any(len(t) != n_probes or None in t for t in h_temps):
+            return None  # a marker or another probe count in the history: rare, slow path
+        all_t = np.concatenate([np.array(h_temps, np.int64).reshape(n0, n_probes), temps])
+        cur = np.arange(n0, n0 + len(ts))
+        ref = np.searchsorted(h_ts, ts - _RISE_WINDOW_MS, side="right") - 1
+        ref = np.minimum(np.maximum(ref, 0), cur - 1)
+        ref = np.maximum.accumulate(np.maximum(ref, 0))  # the history only moves forward
+        ref = np.where(cur >= 1, ref, 0)
+        dt = ts - h_ts[ref]
+        rate_ok = (dt >= _RISE_MIN_MS) & (dt <= _RISE_MAX_MS) & (cur >= 1) & (n_probes > 0)
+        rises = np.zeros((len(ts), n_probes))
+        if rate_ok.any() and n_probes:
+            rises = (all_t[cur] - all_t[ref]) * 60_000 / np.where(rate_ok, dt, 1)[:, None]
+            if not short_of("temp_rise_rate", rises[rate_ok].max(axis=1), rounded=True):
+                return None
+        lim_te = self.settings.limit(p.chemistry, "thermal_event")
+        if lim_te is not None and n_probes:
+            step = cur >= 1
+            prev_dt = np.where(step, h_ts[cur] - h_ts[np.maximum(cur - 1, 0)], 1)
+            rate = (all_t[cur] - all_t[np.maximum(cur - 1, 0)]) * 1000 / np.where(
+                prev_dt > 0, prev_dt, 1)[:, None]
+            rate_min = lim_te.levels[4]
+            if ((rate >= rate_min - 1e-9) & (step & (prev_dt > 0))[:, None]).any():
+                return None
+        return {"riso": riso, "both": both, "has_riso": has_riso, "r_min": r_min,
+                "temps": temps, "cells": cells, "h_ts": h_ts, "all_t": all_t, "ref": ref,
+                "rate_ok": rate_ok, "rises": rises, "n0": n0}
+
+    def _take_quiet_run(self, b: _Board, p: BoardProfile, ts: np.ndarray,
+                        cols: Mapping[str, np.ndarray], q: dict[str, Any]) -> list[AlarmEvent]:
+        """The state on_sample would leave after the run (no event can come of it, but the
+        insulation and temperature forecasts, whose intervals close on their own clock)."""
+        board_id, k, last = p.board_id, len(ts), int(ts[-1])
+        first = int(ts[0])
+        b.last_sample_ms = last
+        if not self.silence_on_host_clock:
+            b.last_frame_ms = last if b.last_frame_ms is None else max(b.last_frame_ms, last)
+        if b.first_sample_ms is None:
+            b.first_sample_ms = first
+        has_riso = q["has_riso"]
+        if has_riso.any():
+            b.riso_seen = True
+        b.flags = 0
+        self._track(board_id, "sensor_fault", "").value = 0.0
+        # insulation: the last sample that measured it
+        tr = self._track(board_id, "insulation", "")
+        if has_riso.any():
+            j = int(np.flatnonzero(has_riso)[-1])
+            known = [(int(r), i) for i, r in enumerate(q["riso"][j]) if r < _MARKERS[
+                "riso_pos_kohm"][0]]
+            r_kohm, side = min(known)
+            # (the detail the threshold's idle path leaves is "", one side or both)
+            tr.value, tr.detail, tr.subject_index = round(r_kohm * 1e6 / p.max_pack_mv, 1), "", side
+        temps, n_probes = q["temps"], q["temps"].shape[1]
+        if n_probes:
+            row = temps[-1].tolist()
+            t_max, at = max((t, i) for i, t in enumerate(row))
+            tr = self._track(board_id, "temp_high", "")
+            tr.subject, tr.value, tr.detail, tr.subject_index = "probe", float(t_max), "", at
+            on_cells = [(t, i) for i, t in enumerate(row)
+                        if i < len(p.probe_cell) and p.probe_cell[i] != NOT_ON_CELL]
+            group = on_cells if len(on_cells) >= 2 else [(t, i) for i, t in enumerate(row)]
+            tr = self._track(board_id, "temp_spread", "")
+            tr.subject = "probe"
+            if len(group) >= 2:
+                (hi, hi_at), (lo, _) = max(group), min(group)
+                tr.value, tr.detail, tr.subject_index = float(hi - lo), "", hi_at
+            tr = self._track(board_id, "temp_rise_rate", "")
+            tr.subject = "probe"
+            rate_ok = q["rate_ok"]
+            if rate_ok.any():
+                j = int(np.flatnonzero(rate_ok)[-1])
+                c, r = q["n0"] + j, int(q["ref"][j])
+                dt = int(ts[j]) - int(q["h_ts"][r])
+                now_t, ref_t = q["all_t"][c].tolist(), q["all_t"][r].tolist()
+                rise, at = max(((t - f) * 60_000 / dt, i)
+                               for i, (t, f) in enumerate(zip(now_t, ref_t, strict=False)))
+                tr.value, tr.detail, tr.subject_index = round(rise, 1), "", at
+        else:
+            for rule in ("temp_high", "temp_spread", "temp_rise_rate"):
+                self._track(board_id, rule, "")
+            self._track(board_id, "temp_rise_rate", "").subject = "probe"
+        tr = self._track(board_id, "thermal_event", "")
+        tr.subject = "probe"
+        if self.settings.limit(p.chemistry, "thermal_event") is not None and \
+                q["n0"] + k >= 2:
+            b.rising_since_ms, b.rising_steps = [None] * n_probes, [0] * n_probes
+        cells = q["cells"]
+        if cells.shape[1]:
+            trs = [self._track(board_id, r, "") for r in
+                   ("cell_overvoltage", "cell_undervoltage", "cell_spread")]
+            row = cells[-1].tolist()
+            v_max, v_min = max(row), min(row)
+            for t in trs:
+                t.subject = "cell"
+            trs[0].value, trs[0].detail = float(v_max), ""
+            trs[0].subject_index = len(row) - 1 - row[::-1].index(v_max)
+            trs[1].value, trs[1].detail = float(v_min), ""
+            trs[1].subject_index = row.index(v_min)
+            if len(row) >= 2:
+                trs[2].value, trs[2].detail = float(v_max - v_min), ""
+        else:
+            for r in ("cell_overvoltage", "cell_undervoltage", "cell_spread"):
+                self._track(board_id, r, "")
+        # the rise history as _remember leaves it after the last sample
+        n0, all_t = q["n0"], q["all_t"]
+        pack = cols["pack_mv"].tolist()
+        rows = [[int(ts[j]), pack[j], all_t[n0 + j].tolist()] for j in range(k)]
+        hist = b.hist + rows
+        start = 0
+        while len(hist) - start > 2 and hist[start + 1][0] <= last - _RISE_WINDOW_MS:
+            start += 1
+        b.hist = hist[start:]
+        # the forecasts: one call per interval of the trend (what closes one is the first
+        # sample of the next, as in on_sample)
+        trend_ins = q["r_min"] * 1e6 / p.max_pack_mv
+        cur_ma = np.asarray(cols["current_ma"], np.int64)
+        in_use = np.abs(cur_ma) >= p.rated_mah * self.settings.in_use_c_rate
+        series = [("insulation", has_riso, trend_ins, False)]
+        if n_probes:
+            series.append(("temp_high", in_use, temps.max(axis=1).astype(np.float64), True))
+        points: list[tuple[int, int, str, float]] = []  # (ts, order in on_sample, rule, worst)
+        for order, (rule, mask, values, above) in enumerate(series):
+            lim = self.settings.limit(p.chemistry, rule)
+            if lim is None or 3 not in lim.levels or not mask.any():
+                continue
+            bucket_ms = int(self.settings.trend(rule)[0] * 1000)
+            idx = np.flatnonzero(mask)
+            buckets = ts[idx] // bucket_ms
+            starts = np.flatnonzero(np.r_[True, buckets[1:] != buckets[:-1]])
+            ends = np.r_[starts[1:], len(idx)]
+            for s, e in zip(starts.tolist(), ends.tolist(), strict=True):
+                seg = values[idx[s:e]]
+                points.append((int(ts[idx[s]]), order, rule,
+                               float(seg.max() if above else seg.min())))
+        out: list[AlarmEvent] = []
+        for t, _, rule, worst in sorted(points):
+            out += self._trend_point(b, p, t, rule, worst)
         return out
 
     def on_estimate(self, board_id: int, ts_ms: int, soh_pct: float, r0_growth_pct: float,

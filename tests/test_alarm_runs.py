@@ -1,0 +1,123 @@
+"""AlarmEngine.on_run (a board's samples as columns, the daemon's path) against on_sample one
+at a time (the reference): the same events and the same state, on seeded random fleets'
+days with quiet stretches, excursions, markers, board flags, gaps, repeated and late stamps,
+slow insulation decay (forecasts, with short trend intervals) and ticks between runs."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from typing import Any
+
+import numpy as np
+import pytest
+
+from packsentry.host.alarm_settings import AlarmSettings
+from packsentry.host.alarms import NOT_ON_CELL, AlarmEngine, BoardProfile
+
+T0 = 1_764_000_000_000
+SETTINGS = AlarmSettings(trend_bucket_s=20, trend_window_s=400, trend_min_points=4,
+                         temp_trend_bucket_s=30, temp_trend_window_s=600,
+                         temp_trend_min_points=3)
+
+
+def fleet_day(seed: int) -> tuple[BoardProfile, list[tuple[np.ndarray, dict[str, np.ndarray]]]]:
+    rng = np.random.default_rng(seed)
+    n_cells = int(rng.choice([0, 1, 4, 12]))
+    n_probes = int(rng.choice([0, 1, 2, 4]))
+    probe_cell = tuple(int(c) for c in rng.choice([0, 1, NOT_ON_CELL], n_probes))
+    prof = BoardProfile(board_id=7, site="depot", chemistry=str(rng.choice(["nmc", "lfp"])),
+                        cells_series=max(n_cells, 4), rated_mah=50_000, max_pack_mv=60_000,
+                        max_temp_dc=600, sample_period_ms=1000, n_probes=n_probes,
+                        n_cells=n_cells, probe_cell=probe_cell,
+                        riso_period_ms=int(rng.choice([0, 10_000])))
+    n = 900
+    odd = float(rng.choice([0.0, 0.1, 1.0]))  # how eventful the day is
+    steps = rng.choice([1000, 0, 40_000, -2000], n,
+                       p=[1 - 0.04 * odd, 0.01 * odd, 0.01 * odd, 0.02 * odd])
+    ts = T0 + np.cumsum(steps).astype(np.int64)
+    excursion = rng.random(n) < 0.01 * odd  # a few samples far off
+    temps = (250 + rng.integers(-3, 4, (n, n_probes))
+             + (np.arange(n) // 100)[:, None] * int(rng.choice([0, 1, 5])))  # a slow drift
+    temps[excursion] += int(rng.choice([100, 400]))
+    if n_probes and rng.random() < 0.3:  # a heating stretch: rise rate and thermal event
+        a = int(rng.integers(0, n - 200))
+        temps[a:a + 200, 0] += np.arange(200) * int(rng.choice([1, 3, 12]))
+    temps = np.clip(temps, -400, 2000)
+    cells = (3700 if prof.chemistry == "nmc" else 3300) + rng.integers(-5, 6, (n, n_cells))
+    cells[excursion] += int(rng.choice([-800, 600]))
+    decay = np.linspace(5000, int(rng.choice([4000, 4000, 50])), n).astype(np.int64)
+    riso = np.stack([decay + rng.integers(0, 300, n), decay + 400], axis=1)
+    if prof.riso_period_ms == 0:
+        riso[:] = 0xFFFF  # no insulation monitor fitted: always INVALID
+    current = rng.choice([0, 500, 5000, -5000], n)
+    pack = np.full(n, 14_800, np.int64)
+    flags = np.where(rng.random(n) < 0.005 * odd, 1 << 2, 0)
+    for arr, mark in ((temps, 0x7FFE), (cells, 0xFFFF)):
+        if arr.shape[1]:
+            hit = rng.random(arr.shape) < 0.002 * odd
+            arr[hit] = mark
+    riso[rng.random((n, 2)) < 0.002 * odd] = 0xFFFE
+    cols = {"pack_mv": pack, "current_ma": current, "riso_pos_kohm": riso[:, 0],
+            "riso_neg_kohm": riso[:, 1], "alarm_level": np.zeros(n, np.int64),
+            "alarm_flags": flags, "temps_dc": temps.reshape(n, n_probes),
+            "cells_mv": cells.reshape(n, n_cells)}
+    runs = []
+    i = 0
+    while i < n:
+        k = int(rng.choice([1, 2, 5, 30, 120]))
+        runs.append((ts[i:i + k], {name: c[i:i + k] for name, c in cols.items()}))
+        i += k
+    return prof, runs
+
+
+def state(engine: AlarmEngine) -> str:
+    return json.dumps(engine.state(), sort_keys=True)
+
+
+def events(evs: list[Any]) -> list[dict[str, Any]]:
+    return [dataclasses.asdict(e) for e in evs]
+
+
+@pytest.mark.parametrize("seed", range(60))
+def test_a_run_is_exactly_its_samples_one_by_one(seed: int) -> None:
+    prof, runs = fleet_day(seed)
+    ref, fast = AlarmEngine(SETTINGS), AlarmEngine(SETTINGS)
+    ref.set_profile(prof)
+    fast.set_profile(prof)
+    for ts, cols in runs:
+        want: list[Any] = []
+        for j in range(len(ts)):
+            want += ref.on_sample(prof.board_id, int(ts[j]),
+                                  {k: v[j].tolist() for k, v in cols.items()})
+        got = fast.on_run(prof.board_id, ts, cols)
+        assert events(got) == events(want)
+        tick_ms = int(ts.max()) + 500
+        assert events(fast.tick(tick_ms)) == events(ref.tick(tick_ms))
+        assert state(fast) == state(ref)
+
+
+def test_the_quiet_path_is_taken_and_raises_nothing() -> None:
+    """A healthy stretch goes through in one go (not sample by sample), and a crossing in a
+    later run still raises, at its sample's time."""
+    prof, _ = fleet_day(0)
+    prof = dataclasses.replace(prof, n_cells=4, n_probes=2, probe_cell=(0, 2),
+                               riso_period_ms=10_000)
+    engine = AlarmEngine(SETTINGS)
+    engine.set_profile(prof)
+    calls = []
+    engine.on_sample = lambda *a: calls.append(a) or []  # type: ignore[method-assign]
+    k = 300
+    ts = T0 + 1000 * np.arange(k, dtype=np.int64)
+    cols = {"pack_mv": np.full(k, 14_800), "current_ma": np.full(k, 2000),
+            "riso_pos_kohm": np.full(k, 5000), "riso_neg_kohm": np.full(k, 5000),
+            "alarm_level": np.zeros(k), "alarm_flags": np.zeros(k, np.int64),
+            "temps_dc": np.full((k, 2), 250), "cells_mv": np.full((k, 4), 3700)}
+    assert engine.on_run(prof.board_id, ts, cols) == []
+    assert calls == []
+    del engine.on_sample  # the real one again
+    hot = {**cols, "temps_dc": np.full((k, 2), 250)}
+    hot["temps_dc"][150:, 0] = 650
+    ev = engine.on_run(prof.board_id, ts + k * 1000, hot)
+    raised = [e for e in ev if e.rule == "temp_high" and e.event == "raised"]
+    assert raised and raised[0].ts_ms == int(ts[150]) + k * 1000
