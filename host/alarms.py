@@ -48,6 +48,7 @@ NOT_ON_CELL = 0xFFFF  # probe_cell value of a probe that is not on a cell (ambie
 _RISE_WINDOW_MS = 60_000  # rise rate: over the last minute ...
 _RISE_MIN_MS = 30_000  # ... or at least half of it
 _RISE_MAX_MS = 300_000  # a reference older than this is too coarse for a rate
+_RUN_MIN = 6  # on_run screens runs at least this long; shorter ones go sample by sample
 _DROP_WINDOW_MS = 60_000  # thermal event: voltage drop against the highest of the last minute
 _TREND_CLEAR_Z = 0.7  # a forecast clears when |z| falls below 70 % of trend_z ...
 _TREND_CLEAR_HORIZON = 1.5  # ... or its crossing moves beyond 1.5 x the horizon
@@ -333,7 +334,8 @@ class AlarmEngine:
                 ts, cols = ts[keep], {k: v[keep] for k, v in cols.items()}
         if len(ts) == 0:
             return []
-        quiet = self._quiet_run(b, p, ts, cols)
+        # the screen costs ~30 numpy calls: for a couple of samples one by one is cheaper
+        quiet = self._quiet_run(b, p, ts, cols) if len(ts) >= _RUN_MIN else None
         if quiet is None:
             out: list[AlarmEvent] = []
             for j in range(len(ts)):

@@ -28,15 +28,15 @@ from typing import Any
 
 import numpy as np
 
-from packsentry.protocol import codec
+from packsentry.protocol import batch, codec
 from packsentry.protocol.errors import BadValue, ProtocolError
-from packsentry.protocol.verify import Verifier
+from packsentry.protocol.verify import check_birth
 
 from .alarms import AlarmEngine, AlarmEvent, BoardProfile
 from .commands import MUST_SIGN, BoardLink, CommandError, Commands
 from .delivery import Delivery, GapChange
 from .soh import SohBank
-from .storage import Storage, cells_blob, now_ms, temps_blob
+from .storage import SAMPLE_COLUMNS, Storage, now_ms
 
 log = logging.getLogger("packsentry.pipeline")
 
@@ -57,7 +57,10 @@ ALARM_PART = "alarms/board/"  # + board id: one engine_state row per board
 # wait, and a board's own L3/L4 alarm frame is applied at once.
 HOLD_STALL_MS = 2_000
 HOLD_MAX_MS = 10_000
-_SAMPLE, _BOARD_ALARM = 0, 1
+# the sample payload's measurement fields, as storage keeps them
+SAMPLE_FIELDS = tuple(c for c in SAMPLE_COLUMNS
+                      if c not in ("board_id", "boot", "seq", "ts_ms", "rx_ms", "flags"))
+_Run = tuple[np.ndarray, np.ndarray, dict[str, np.ndarray]]  # ts_ms, seq, columns
 TIME_SYNC_EVERY_MS = 3_600_000
 REBIRTH_EVERY_MS = 10_000  # at most one re-send request per board this often
 ACK_EVERY_MS = 500
@@ -93,7 +96,8 @@ class BoardState:
     last_ack_ms: int = -ACK_EVERY_MS
     last_ts_ms: int = -1  # newest sample time fed to the estimator and the alarm engine
     # samples and board alarms waiting for a gap to fill, to be evaluated in board-time order
-    held: list[tuple[int, int, int, dict[str, Any]]] = field(default_factory=list)
+    held_runs: list[_Run] = field(default_factory=list)
+    held_alarms: list[tuple[int, int, dict[str, Any]]] = field(default_factory=list)
     held_since_ms: int | None = None
 
 
@@ -120,7 +124,6 @@ class Processor:
         self.storage = storage
         self.engine = engine
         engine.silence_on_host_clock = True  # on_heard() with receive times, below
-        self.verifier = Verifier(keys, replay_window=None)  # dedupe is delivery's, on commits
         self.verifier_keys = keys
         self.commands = Commands(keys, clock_ms)
         self.delivery = Delivery(int(gap_settle_s * 1000))
@@ -208,13 +211,34 @@ class Processor:
     # -- the micro-batch ---------------------------------------------------------------------
 
     def process(self, items: Iterable[Inbound]) -> None:
+        """One micro-batch. Every frame is decoded and checked at once (`decode_batch`, the
+        vectorised twin of the codec); births, board alarms, status and command acks then go
+        one by one, and the sample and batch frames as columns, never a dict per sample."""
         now = self.clock_ms()
         b = _Batch()
-        for item in items:
-            try:
-                self._one(item, b, now)
-            except ProtocolError as exc:
-                self._reject(item, exc, b)
+        items = list(items)
+        plain = [i for i, it in enumerate(items) if it.error is None and it.offline_board is None]
+        dec = batch.decode_batch([items[i].raw for i in plain], self.verifier_keys)
+        frames: dict[int, codec.Frame | ProtocolError] = {}  # the one-by-one path
+        for pos, exc in dec.errors.items():
+            frames[plain[pos]] = exc
+        for pos, frame in dec.extra.items():
+            frames[plain[pos]] = frame
+        sample_blocks = []
+        for blk in dec.blocks:
+            if blk.msg_type in ("sample", "batch"):
+                sample_blocks.append(blk)
+            else:
+                for j, pos in enumerate(blk.index.tolist()):
+                    frames[plain[pos]] = blk.frame(j)
+        for i, item in enumerate(items):
+            if i in frames or item.error is not None or item.offline_board is not None:
+                try:
+                    self._one(item, frames.get(i), b, now)
+                except ProtocolError as exc:
+                    self._reject(item, exc, b)
+        if sample_blocks:
+            self._sample_blocks(items, plain, sample_blocks, dec, b, now)
         self._finish(b, now)
 
     def _reject(self, item: Inbound, exc: ProtocolError, b: _Batch) -> None:
@@ -233,7 +257,42 @@ class Processor:
             bs.link = item.link
         return bs
 
-    def _one(self, item: Inbound, b: _Batch, now: int) -> None:
+    def _admit(self, item: Inbound, board_id: int, boot: int, seq: int, span: int,
+               msg_type: str, flags: int, b: _Batch, now: int) -> BoardState | None:
+        """The bookkeeping every accepted frame gets; its board if the frame is new (not a
+        duplicate of a committed one or of one earlier in this batch), else None."""
+        fresh = self.delivery.check(board_id, boot, seq, span)  # raises for a replay
+        bs = self._board(board_id, item)
+        b.after.append(item.on_stored)
+        b.touched.add(board_id)
+        fields = b.board_fields.get(board_id)
+        if fields is None:
+            fields = b.board_fields[board_id] = {}
+        fields.update(online=1, boot=max(boot, fields.get("boot", 0)),
+                      link=item.source.split(":")[0], source=item.source)
+        if item.rx_ms > b.seen.get(board_id, -1):
+            b.seen[board_id] = item.rx_ms
+        key = (board_id, boot, seq)
+        if not fresh or key in b.keys:
+            self.stats.duplicates += 1
+            return None
+        b.keys.add(key)
+        b.commits.append((board_id, boot, seq, span))
+        self.stats.frames[msg_type] += 1
+        return bs
+
+    def _asks(self, bs: BoardState, flags: int, b: _Batch, now: int) -> None:
+        """After a new frame: who is this board (no birth yet), and does it have our time."""
+        if bs.profile is None and now - bs.last_rebirth_ms >= self.rebirth_every_ms:
+            bs.last_rebirth_ms = now
+            self.delivery.note_request(bs.board_id, now)
+            b.commands.append((bs, "rebirth"))
+        if not flags & codec.FLAGS["time_synced"] and now - bs.last_sync_ms >= REBIRTH_EVERY_MS:
+            bs.last_sync_ms = now
+            b.commands.append((bs, "time_sync"))
+
+    def _one(self, item: Inbound, frame: codec.Frame | ProtocolError | None, b: _Batch,
+             now: int) -> None:
         if item.error is not None:
             raise item.error
         if item.offline_board is not None:
@@ -242,63 +301,47 @@ class Processor:
             b.board_fields.setdefault(bs.board_id, {})["online"] = 0
             b.after.append(item.on_stored)
             return
-        frame = self.verifier.verify(item.raw)
+        if isinstance(frame, ProtocolError):
+            raise frame
+        assert frame is not None
         board_id, boot, seq = frame["board_id"], frame["boot"], frame["seq"]
         msg_type = frame["msg_type"]
         if msg_type not in ("birth", "sample", "batch", "alarm", "status", "cmd_ack"):
             raise BadValue(f"a {msg_type} command frame came from the board side "
                            f"(an echo of a host's command?)")
-        span = codec.seq_span(frame)
-        fresh = self.delivery.check(board_id, boot, seq, span)  # raises for a replay
-        bs = self._board(board_id, item)
-        b.after.append(item.on_stored)
-        b.touched.add(board_id)
-        fields = b.board_fields.setdefault(board_id, {})
-        fields.update(online=1, boot=max(boot, fields.get("boot", 0)),
-                      link=item.source.split(":")[0], source=item.source)
-        b.seen[board_id] = max(b.seen.get(board_id, 0), item.rx_ms)
-        if not fresh or (board_id, boot, seq) in b.keys:
-            self.stats.duplicates += 1
+        if msg_type == "birth":
+            check_birth(frame)
+        bs = self._admit(item, board_id, boot, seq, codec.seq_span(frame), msg_type,
+                         frame["flags"], b, now)
+        if bs is None:
             return
-        b.keys.add((board_id, boot, seq))
-        b.commits.append((board_id, boot, seq, span))
-        self.stats.frames[msg_type] += 1
         p = frame["payload"]
         if msg_type == "birth":
             self._birth(bs, frame, item, b, now)
-        elif msg_type == "sample":
-            if bs.profile is not None:
-                b.report_ms[board_id] = bs.profile.sample_period_ms
-            self._sample(bs, frame, item, b, seq, frame["ts_ms"], p)
-        elif msg_type == "batch":
-            if bs.profile is not None:
-                b.report_ms[board_id] = span * bs.profile.sample_period_ms
-            for i, rec in enumerate(p["samples"]):
-                self._sample(bs, frame, item, b, seq + i, frame["ts_ms"] + rec["dt_ms"], rec)
+        elif msg_type in ("sample", "batch"):  # only what decode_batch left to the codec
+            recs = [p] if msg_type == "sample" else p["samples"]
+            dt = [0] * len(recs) if msg_type == "sample" else [r["dt_ms"] for r in recs]
+            cols = {k: np.array([r[k] for r in recs]) for k in SAMPLE_FIELDS}
+            k = len(recs)
+            self._take_samples(bs, boot, seq + np.arange(k), frame["ts_ms"] + np.array(dt),
+                               np.full(k, item.rx_ms), np.full(k, frame["flags"]), cols, b)
         else:
             payload = {k: (v.hex() if isinstance(v, bytes) else v) for k, v in p.items()}
             b.board_frames.append((board_id, boot, seq, frame["ts_ms"], item.rx_ms, msg_type,
                                    frame["flags"], json.dumps(payload)))
+            fields = b.board_fields[board_id]
             if msg_type == "alarm" and bs.profile is not None:
                 if p["event"] == "raised" and p["level"] >= 3:  # safety news never waits
                     b.events += self.engine.on_board_alarm(board_id, frame["ts_ms"], p)
                 else:
-                    b.evals.setdefault(board_id, []).append(
-                        (frame["ts_ms"], seq, _BOARD_ALARM, p))
+                    b.alarms.setdefault(board_id, []).append((frame["ts_ms"], seq, p))
             elif msg_type == "status":
                 fields["status"] = json.dumps(payload)
                 fields["config_error"] = p["config_error"]
             elif msg_type == "cmd_ack" and p["result"] != "ok":
                 log.warning("board %d refused a %s command: %s", board_id, p["cmd_type"],
                             p["result"])
-        if bs.profile is None and now - bs.last_rebirth_ms >= self.rebirth_every_ms:
-            bs.last_rebirth_ms = now  # we do not know this board yet: ask who it is
-            self.delivery.note_request(board_id, now)
-            b.commands.append((bs, "rebirth"))
-        if not frame["flags"] & codec.FLAGS["time_synced"] and \
-                now - bs.last_sync_ms >= REBIRTH_EVERY_MS:
-            bs.last_sync_ms = now
-            b.commands.append((bs, "time_sync"))
+        self._asks(bs, frame["flags"], b, now)
 
     def _birth(self, bs: BoardState, frame: dict, item: Inbound, b: _Batch, now: int) -> None:
         p = frame["payload"]
@@ -331,95 +374,197 @@ class Processor:
             bs.last_sync_ms = now
             b.commands.append((bs, "time_sync"))
 
-    def _sample(self, bs: BoardState, frame: dict, item: Inbound, b: _Batch, seq: int,
-                ts_ms: int, m: dict[str, Any]) -> None:
-        b.samples.append((bs.board_id, frame["boot"], seq, ts_ms, item.rx_ms, frame["flags"],
-                          m["pack_mv"], m["current_ma"], m["riso_pos_kohm"], m["riso_neg_kohm"],
-                          m["alarm_level"], m["alarm_flags"], temps_blob(m["temps_dc"]),
-                          cells_blob(m["cells_mv"])))
-        self.stats.samples += 1
+    def _sample_blocks(self, items: list[Inbound], plain: list[int],
+                       blocks: list[batch.Block], dec: batch.DecodedBatch, b: _Batch,
+                       now: int) -> None:
+        """Sample and batch frames: the per-frame bookkeeping, then their samples as columns
+        (storage rows, the alarm engine's runs and the estimator's rows by board)."""
+        fresh: list[int] = []  # positions in `plain` of the frames that are new
+        for blk in blocks:
+            hdr = blk.header
+            span = 1 if blk.msg_type == "sample" else max(1, blk.counts["n_samples"])
+            for pos, board_id, boot, seq, flags in zip(
+                    blk.index.tolist(), hdr["board_id"].tolist(), hdr["boot"].tolist(),
+                    hdr["seq"].tolist(), hdr["flags"].tolist(), strict=True):
+                item = items[plain[pos]]
+                try:
+                    bs = self._admit(item, board_id, boot, seq, span, blk.msg_type, flags,
+                                     b, now)
+                except ProtocolError as exc:
+                    self._reject(item, exc, b)
+                    continue
+                if bs is not None:
+                    fresh.append(pos)
+                    if bs.profile is not None:
+                        b.report_ms[board_id] = span * bs.profile.sample_period_ms
+                    self._asks(bs, flags, b, now)
+        if not fresh:
+            return
+        rx_of = np.zeros(len(plain), np.int64)
+        rx_of[fresh] = [items[plain[pos]].rx_ms for pos in fresh]
+        take = np.zeros(len(plain), bool)
+        take[fresh] = True
+        for s in dec.samples():
+            rows = np.flatnonzero(take[s.frame])
+            if not len(rows):
+                continue
+            board = s.board_id[rows]
+            for board_id in np.unique(board).tolist():
+                mine = rows[board == board_id]
+                cols = {k: s.columns[k][mine] for k in SAMPLE_FIELDS}
+                self._take_samples(self.boards[board_id], s.boot[mine], s.seq[mine],
+                                   s.ts_ms[mine], rx_of[s.frame[mine]], s.flags[mine], cols, b)
+
+    def _take_samples(self, bs: BoardState, boot: Any, seq: np.ndarray, ts_ms: np.ndarray,
+                      rx_ms: np.ndarray, flags: np.ndarray, cols: dict[str, np.ndarray],
+                      b: _Batch) -> None:
+        """Samples of one board as columns: storage rows, and (a known board's) a run for
+        the alarm engine and the estimator."""
+        k = len(seq)
+        temps = np.ascontiguousarray(cols["temps_dc"], "<i2").reshape(k, -1)
+        cells = np.ascontiguousarray(cols["cells_mv"], "<u2").reshape(k, -1)
+        row_cols: dict[str, list[Any]] = {
+            "board_id": [bs.board_id] * k,
+            "boot": np.broadcast_to(np.asarray(boot), (k,)).tolist(),
+            "seq": seq.tolist(), "ts_ms": ts_ms.tolist(), "rx_ms": rx_ms.tolist(),
+            "flags": flags.tolist(), "temps_dc": [t.tobytes() for t in temps],
+            "cells_mv": [c.tobytes() for c in cells]}  # the blobs of storage.temps_blob
+        b.samples.extend(zip(*(row_cols[c] if c in row_cols else cols[c].tolist()
+                               for c in SAMPLE_COLUMNS), strict=True))
+        self.stats.samples += k
         if bs.profile is not None:  # an unknown board's samples are stored, not evaluated
-            b.evals.setdefault(bs.board_id, []).append((ts_ms, seq, _SAMPLE, m))
+            b.runs.setdefault(bs.board_id, []).append(
+                (np.asarray(ts_ms, np.int64), np.asarray(seq, np.int64),
+                 {**cols, "temps_dc": temps, "cells_mv": cells}))
 
     # -- evaluation in board-time order --------------------------------------------------------
 
     def _evaluate(self, b: _Batch, now: int) -> None:
         """Alarm engine and estimator for what this batch brought, and for what was held
         behind a gap that has now filled or stalled (see HOLD_STALL_MS)."""
-        for board_id, news in b.evals.items():
+        for board_id in b.runs.keys() | b.alarms.keys():
             bs = self.boards[board_id]
-            bs.held += news
+            bs.held_runs += b.runs.get(board_id, [])
+            bs.held_alarms += b.alarms.get(board_id, [])
             if bs.held_since_ms is None:
                 bs.held_since_ms = now
+        gap_progress: dict[int, int] = {}  # per board with an open gap: its latest progress
+        for (board, _), gaps in self.delivery.gaps.items():
+            for g in gaps:
+                gap_progress[board] = max(gap_progress.get(board, g.progress_ms), g.progress_ms)
         for bs in self.boards.values():
-            if not bs.held or self._holding(bs, now):
+            if not (bs.held_runs or bs.held_alarms) or self._holding(bs, now, gap_progress):
                 continue
-            held, bs.held, bs.held_since_ms = bs.held, [], None
-            held.sort(key=lambda h: (h[0], h[1]))
-            for ts_ms, _, kind, m in held:
-                if kind == _BOARD_ALARM:
-                    b.events += self.engine.on_board_alarm(bs.board_id, ts_ms, m)
-                elif ts_ms > bs.last_ts_ms:  # older: a re-send that came too late, stored
-                    bs.last_ts_ms = ts_ms
-                    b.events += self.engine.on_sample(bs.board_id, ts_ms, m)
-                    b.soh.append((bs, ts_ms, m))
+            runs, alarms = bs.held_runs, bs.held_alarms
+            bs.held_runs, bs.held_alarms, bs.held_since_ms = [], [], None
+            self._evaluate_board(bs, runs, alarms, b)
         for board_id, rx_ms in b.seen.items():
             b.events += self.engine.on_heard(board_id, rx_ms, b.report_ms.get(board_id))
         self._feed_estimator(b)
 
-    def _holding(self, bs: BoardState, now: int) -> bool:
+    def _evaluate_board(self, bs: BoardState, runs: list[_Run],
+                        alarms: list[tuple[int, int, dict[str, Any]]], b: _Batch) -> None:
+        """A board's samples (in runs) and board alarm frames, in (ts, seq) order."""
+        shapes = {(r[2]["temps_dc"].shape[1], r[2]["cells_mv"].shape[1]) for r in runs}
+        if len(shapes) > 1:  # the board changed its probes or cells: one run at a time
+            for run in runs:
+                self._evaluate_board(bs, [run], [], b)
+            runs = []
+        if runs:
+            ts = np.concatenate([r[0] for r in runs])
+            seq = np.concatenate([r[1] for r in runs])
+            cols = {k: np.concatenate([r[2][k] for r in runs]) for k in runs[0][2]}
+            if len(runs) > 1 or (len(ts) > 1 and (np.diff(ts) < 0).any()):
+                order = np.lexsort((seq, ts))
+                ts, seq, cols = ts[order], seq[order], {k: v[order] for k, v in cols.items()}
+            # newer than what was evaluated, one per time stamp (older: a re-send too late)
+            keep = ts > np.maximum(bs.last_ts_ms, np.r_[bs.last_ts_ms, ts[:-1]])
+            if not keep.all():
+                ts, seq, cols = ts[keep], seq[keep], {k: v[keep] for k, v in cols.items()}
+        else:
+            ts = seq = np.zeros(0, np.int64)
+            cols = {}
+        start = 0
+        for a_ts, a_seq, payload in sorted(alarms, key=lambda a: (a[0], a[1])):
+            end = int(np.count_nonzero((ts < a_ts) | ((ts == a_ts) & (seq < a_seq))))
+            self._run(bs, ts[start:end], {k: v[start:end] for k, v in cols.items()}, b)
+            start = max(start, end)
+            b.events += self.engine.on_board_alarm(bs.board_id, a_ts, payload)
+        self._run(bs, ts[start:], {k: v[start:] for k, v in cols.items()}, b)
+
+    def _run(self, bs: BoardState, ts: np.ndarray, cols: dict[str, np.ndarray],
+             b: _Batch) -> None:
+        if not len(ts):
+            return
+        bs.last_ts_ms = int(ts[-1])
+        b.events += self.engine.on_run(bs.board_id, ts, cols)
+        b.soh.append((bs, ts, cols))
+
+    @staticmethod
+    def _holding(bs: BoardState, now: int, gap_progress: dict[int, int]) -> bool:
         if bs.held_since_ms is None or now - bs.held_since_ms >= HOLD_MAX_MS:
             return False
-        return any(now - g.progress_ms < HOLD_STALL_MS
-                   for (board, _), gaps in self.delivery.gaps.items() if board == bs.board_id
-                   for g in gaps)
+        progress = gap_progress.get(bs.board_id)
+        return progress is not None and now - progress < HOLD_STALL_MS
 
     # -- state of health -----------------------------------------------------------------------
 
     def _feed_estimator(self, b: _Batch) -> None:
-        """One SohBank.update for the batch; the rows are built per board as arrays (a
-        Python loop per sample here cost a third of the processor's time)."""
+        """One SohBank.update for the batch. The rows are built from the runs' columns, the
+        runs of one shape together (a thousand boards' runs of two samples each cost a
+        thousand times numpy's per-call overhead otherwise)."""
         if not b.soh:
             return
-        rows_of: dict[int, list[tuple[int, dict[str, Any]]]] = {}
-        for bs, ts_ms, m in b.soh:
-            rows_of.setdefault(bs.board_id, []).append((ts_ms, m))
-        unit, t_s, cell_v, current_a, temp_c = [], [], [], [], []
-        for board_id, rows in rows_of.items():
-            bs = self.boards[board_id]
-            p = bs.profile
-            assert p is not None
+        last_ts: dict[int, int] = {}
+        groups: dict[tuple[bool, int, int], list[tuple[BoardState, np.ndarray,
+                                                       dict[str, np.ndarray]]]] = {}
+        for bs, ts, cols in b.soh:
+            last_ts[bs.board_id] = max(last_ts.get(bs.board_id, 0), int(ts[-1]))
             n = len(bs.units)
-            # no current, no coulomb count: nothing to learn; a cell count that does not
-            # match the profile: a frame from before a profile change
-            rows = [r for r in rows if r[1]["current_ma"] < I32_MARK
-                    and (not bs.per_cell or len(r[1]["cells_mv"]) == n)]
-            if not rows:
-                continue
-            k = len(rows)
-            ts = np.fromiter((r[0] for r in rows), np.float64, k) / 1000.0
-            cur = np.fromiter((r[1]["current_ma"] for r in rows), np.float64, k) / 1000.0
-            temps = np.array([r[1]["temps_dc"] for r in rows], np.float64).reshape(k, -1)
+            if bs.per_cell and cols["cells_mv"].shape[1] != n:
+                continue  # from before a profile change
+            shape = (bs.per_cell, n, cols["temps_dc"].shape[1])
+            groups.setdefault(shape, []).append((bs, ts, cols))
+        unit, t_s, cell_v, current_a, temp_c = [], [], [], [], []
+        for (per_cell, n, n_probes), runs in groups.items():
+            k_of = [len(ts) for _, ts, _ in runs]
+            k = sum(k_of)
+            cur = np.concatenate([c["current_ma"] for _, _, c in runs]).astype(np.int64)
+            # no current, no coulomb count: nothing to learn from such a sample
+            ok = cur < I32_MARK
+            sec = np.concatenate([ts for _, ts, _ in runs])[ok] / 1000.0
+            units = np.concatenate([np.broadcast_to(bs.units, (kk, n)) for (bs, _, _), kk
+                                    in zip(runs, k_of, strict=True)])[ok]
+            temps = np.concatenate([c["temps_dc"] for _, _, c in runs]).astype(
+                np.float64).reshape(k, n_probes)[ok]
+            k = int(ok.sum())
             temps[temps >= I16_MARK] = np.nan
             hottest = np.where(np.isnan(temps), -np.inf, temps).max(axis=1, initial=-np.inf)
             t_hot = np.where(np.isinf(hottest), np.nan, hottest / 10)
-            if bs.per_cell:
-                cells = np.array([r[1]["cells_mv"] for r in rows], np.float64).reshape(k, n)
+            if per_cell:
+                cells = np.concatenate([c["cells_mv"] for _, _, c in runs]).astype(
+                    np.float64)[ok]
                 v = np.where(cells >= U16_MARK, np.nan, cells / 1000.0)
-                probe = bs.cell_probe[:n]
-                if temps.shape[1]:
-                    tc = np.where(probe >= 0, temps[:, np.clip(probe, 0, None)] / 10,
-                                  t_hot[:, None])
+                if n_probes:  # the probe on each cell, else the hottest stands in
+                    probe = np.concatenate([np.broadcast_to(bs.cell_probe[:n], (kk, n))
+                                            for (bs, _, _), kk in zip(runs, k_of,
+                                                                      strict=True)])[ok]
+                    on = np.take_along_axis(temps, np.clip(probe, 0, None), axis=1) / 10
+                    tc = np.where(probe >= 0, on, t_hot[:, None])
                 else:
                     tc = np.full((k, n), np.nan)
             else:
-                pack = np.fromiter((r[1]["pack_mv"] for r in rows), np.float64, k)
-                v = np.where(pack >= U32_MARK, np.nan, pack / 1000.0 / p.cells_series)[:, None]
+                pack = np.concatenate([c["pack_mv"] for _, _, c in runs]).astype(
+                    np.float64)
+                series = np.concatenate([np.full(kk, bs.profile.cells_series if bs.profile
+                                                 else 1) for (bs, _, _), kk
+                                         in zip(runs, k_of, strict=True)])
+                v = np.where(pack >= U32_MARK, np.nan, pack / 1000.0 / series)[ok][:, None]
                 tc = t_hot[:, None]
-            unit.append(np.tile(bs.units, k))
-            t_s.append(np.repeat(ts, n))
+            unit.append(units.ravel())
+            t_s.append(np.repeat(sec, n))
             cell_v.append(v.ravel())
-            current_a.append(np.repeat(cur, n))
+            current_a.append(np.repeat(cur[ok] / 1000.0, n))
             temp_c.append(tc.ravel())
         if not unit:
             return
@@ -427,9 +572,6 @@ class Processor:
                         np.concatenate(current_a), np.concatenate(temp_c))
         touched = np.unique(np.concatenate(unit))
         est = self.soh.estimates(touched)
-        last_ts: dict[int, int] = {}
-        for bs, ts_ms, _ in b.soh:
-            last_ts[bs.board_id] = ts_ms
         for j, u in enumerate(touched):
             board = int(self.unit_board[u])
             ts = last_ts.get(board)
@@ -669,9 +811,11 @@ class _Batch:
     touched: set[int] = field(default_factory=set)
     board_fields: dict[int, dict[str, Any]] = field(default_factory=dict)
     seen: dict[int, int] = field(default_factory=dict)
-    soh: list[tuple[BoardState, int, dict[str, Any]]] = field(default_factory=list)
-    # per board: (ts_ms, seq, _SAMPLE | _BOARD_ALARM, payload) for the alarm engine
-    evals: dict[int, list[tuple[int, int, int, dict[str, Any]]]] = field(default_factory=dict)
+    soh: list[tuple[BoardState, np.ndarray, dict[str, np.ndarray]]] = field(
+        default_factory=list)
+    # per board, for the alarm engine: sample runs, and board alarm frames (ts, seq, payload)
+    runs: dict[int, list[_Run]] = field(default_factory=dict)
+    alarms: dict[int, list[tuple[int, int, dict[str, Any]]]] = field(default_factory=dict)
     report_ms: dict[int, int] = field(default_factory=dict)  # per board: its newest frame's span
 
 
