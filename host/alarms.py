@@ -522,13 +522,14 @@ class AlarmEngine:
                 self._track(board_id, r, "")
         # the rise history as _remember leaves it after the last sample
         n0, all_t = q["n0"], q["all_t"]
-        pack = cols["pack_mv"].tolist()
-        rows = [[int(ts[j]), pack[j], all_t[n0 + j].tolist()] for j in range(k)]
-        hist = b.hist + rows
-        start = 0
-        while len(hist) - start > 2 and hist[start + 1][0] <= last - _RISE_WINDOW_MS:
-            start += 1
-        b.hist = hist[start:]
+        # only the entries that survive the trim become lists: the reference (the newest
+        # at least a window old, or the oldest), then everything after it
+        h_ts = q["h_ts"]
+        start = int(np.searchsorted(h_ts, last - _RISE_WINDOW_MS, side="right")) - 1
+        start = min(max(start, 0), len(h_ts) - 2) if len(h_ts) >= 2 else 0
+        pack = cols["pack_mv"]
+        b.hist = b.hist[start:] + [[int(ts[j]), int(pack[j]), all_t[n0 + j].tolist()]
+                                   for j in range(max(0, start - n0), k)]
         # the forecasts: one call per interval of the trend (what closes one is the first
         # sample of the next, as in on_sample)
         trend_ins = q["r_min"] * 1e6 / p.max_pack_mv

@@ -570,24 +570,33 @@ class Processor:
             return
         self.soh.update(np.concatenate(unit), np.concatenate(t_s), np.concatenate(cell_v),
                         np.concatenate(current_a), np.concatenate(temp_c))
-        touched = np.unique(np.concatenate(unit))
+        seen = np.zeros(len(self.unit_board), bool)  # np.unique sorts: this is O(n)
+        for u in unit:
+            seen[u] = True
+        touched = np.flatnonzero(seen)
+        board_of = self.unit_board[touched]
+        last = np.array([last_ts.get(int(bd), -1) for bd in board_of.tolist()], np.int64)
         est = self.soh.estimates(touched)
-        for j, u in enumerate(touched):
-            board = int(self.unit_board[u])
-            ts = last_ts.get(board)
-            if board < 0 or ts is None:
-                continue
-            changed = int(est["capacity_updates"][j]) != self.unit_updates[u]
-            if not changed and ts - self.unit_stored_ms[u] < self.estimate_every_ms:
-                continue
-            self.unit_updates[u] = int(est["capacity_updates"][j])
-            self.unit_stored_ms[u] = ts
-            cell = int(self.unit_cell[u])
-            b.estimates.append((board, cell, ts, *(_num(est[k][j]) for k in (
-                "soc_pct", "capacity_ah", "capacity_sigma_ah", "soh_pct", "soh_sigma_pct",
-                "r0_mohm", "r0_sigma_mohm", "r0_growth_pct", "rul_days", "rul_efc", "efc"))))
-            if changed:
-                soh, growth = _num(est["soh_pct"][j]), _num(est["r0_growth_pct"][j])
+        updates = est["capacity_updates"].astype(np.int64)
+        changed = updates != self.unit_updates[touched]
+        # a row when the capacity estimate moved, else one per estimate_every_ms per unit
+        due = (board_of >= 0) & (last >= 0) & (
+            changed | (last - self.unit_stored_ms[touched] >= self.estimate_every_ms))
+        if not due.any():
+            return
+        pick = np.flatnonzero(due)
+        units = touched[pick]
+        self.unit_updates[units] = updates[pick]
+        self.unit_stored_ms[units] = last[pick]
+        keys = ("soc_pct", "capacity_ah", "capacity_sigma_ah", "soh_pct", "soh_sigma_pct",
+                "r0_mohm", "r0_sigma_mohm", "r0_growth_pct", "rul_days", "rul_efc", "efc")
+        values = [[None if np.isnan(x) else x for x in est[k][pick].tolist()] for k in keys]
+        cells = self.unit_cell[units].tolist()
+        boards, stamps, moved = board_of[pick].tolist(), last[pick].tolist(), changed[pick].tolist()
+        for j, (board, cell, ts) in enumerate(zip(boards, cells, stamps, strict=True)):
+            b.estimates.append((board, cell, ts, *(v[j] for v in values)))
+            if moved[j]:
+                soh, growth = values[3][j], values[7][j]
                 if soh is not None and growth is not None:
                     b.events += self.engine.on_estimate(
                         board, ts, soh, growth, "cell" if cell >= 0 else "pack", max(cell, 0))

@@ -19,6 +19,9 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
+from numba import njit
+
 from packsentry.protocol import cobs
 from packsentry.protocol.errors import FramingError
 
@@ -74,19 +77,61 @@ def read(path: str | Path) -> Iterator[TraceRecord | TraceError]:
         raise TraceError(f"{path}: {exc.strerror}") from None
     if not data.startswith(MAGIC):
         raise TraceError(f"{path}: not a packsentry trace (no {MAGIC!r} header)")
-    pos = len(MAGIC)
-    while pos < len(data):
-        end = data.find(b"\0", pos)
-        if end < 0:
-            return  # torn tail: the writer died mid-record
-        chunk = data[pos:end]
-        if chunk:
-            try:
-                body = cobs.decode(chunk)
-                rx_ms, n = _RX.unpack_from(body, 0)
-                site = body[_RX.size:_RX.size + n].decode()
-                frame = body[_RX.size + n:]
-                yield TraceRecord(rx_ms, site, frame, pos)
-            except (FramingError, struct.error, UnicodeDecodeError) as exc:
-                yield TraceError(f"{path}: damaged record at byte {pos}: {exc}")
+    # the whole file's COBS in one compiled pass (a replay of a day of a fleet reads
+    # gigabytes; protocol.cobs.decode in Python was an eighth of the replay's time)
+    src = np.frombuffer(data, np.uint8)
+    most = data.count(b"\0", len(MAGIC))
+    out = np.empty(len(data), np.uint8)
+    starts, out_starts, out_lens = (np.empty(most, np.int64) for _ in range(3))
+    found = _cobs_records(src, len(MAGIC), out, starts, out_starts, out_lens)
+    for pos, o, n_out in zip(starts[:found].tolist(), out_starts[:found].tolist(),
+                             out_lens[:found].tolist(), strict=True):
+        try:
+            if n_out < 0:  # the Python decoder names the fault
+                cobs.decode(data[pos:data.index(b"\0", pos)])
+            body = out[o:o + n_out].tobytes()
+            rx_ms, n = _RX.unpack_from(body, 0)
+            site = body[_RX.size:_RX.size + n].decode()
+            frame = body[_RX.size + n:]
+            yield TraceRecord(rx_ms, site, frame, pos)
+        except (FramingError, struct.error, UnicodeDecodeError) as exc:
+            yield TraceError(f"{path}: damaged record at byte {pos}: {exc}")
+
+
+@njit(cache=True, nogil=True)
+def _cobs_records(src: np.ndarray, pos: int, out: np.ndarray, starts: np.ndarray,
+                  out_starts: np.ndarray, out_lens: np.ndarray) -> int:
+    """Decode every 0x00-delimited COBS record of src from pos into out: record r started
+    at starts[r], decoded to out[out_starts[r]:][:out_lens[r]] (-1: not valid COBS). A torn
+    tail (no delimiter) is not a record. Returns the number of records."""
+    n, o, r = len(src), 0, 0
+    while pos < n:
+        end = pos
+        while end < n and src[end] != 0:
+            end += 1
+        if end >= n:
+            break
+        if end > pos:
+            starts[r], out_starts[r] = pos, o
+            i, ok = pos, True
+            while i < end:
+                code = np.int64(src[i])
+                stop = i + code
+                if stop > end:
+                    ok = False
+                    break
+                for k in range(i + 1, stop):
+                    out[o] = src[k]
+                    o += 1
+                i = stop
+                if code < 0xFF and i < end:
+                    out[o] = 0
+                    o += 1
+            if ok:
+                out_lens[r] = o - out_starts[r]
+            else:
+                out_lens[r] = -1
+                o = out_starts[r]
+            r += 1
         pos = end + 1
+    return r
