@@ -45,6 +45,7 @@ class MqttConfig:
     keepalive_s: int = 30
     session_expiry_s: int = 7 * 86_400  # the broker queues QoS 1 frames this long while we are down
     receive_maximum: int = 1_000  # unacknowledged messages the broker may have in flight to us
+    receiver: str = "process"  # where paho runs: "process" (its own core) or "thread"
 
 
 @dataclass(frozen=True)
@@ -167,6 +168,8 @@ def parse(text: str, name: str = "<config>", base: Path | None = None) -> Daemon
                 c.add("mqtt.password_file", f"{mqtt.password_file}: no such file")
             if not mqtt.topics:
                 c.add("mqtt.topics", "at least one topic filter is needed")
+            if mqtt.receiver not in ("process", "thread"):
+                c.add("mqtt.receiver", f"{mqtt.receiver!r}: expected \"process\" or \"thread\"")
 
     keys: dict[int, bytes] = {}
     for board, hexkey in doc.get("keys", {}).items():

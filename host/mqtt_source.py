@@ -2,13 +2,18 @@
 
 - A persistent session (clean start off, a session expiry): while the daemon is down the
   broker queues the boards' QoS 1 frames for it.
-- Manual acknowledgement: paho's network thread only queues a message; its PUBACK is sent by
-  the processor after the frame is committed. Receive Maximum bounds how many unacknowledged
-  messages the broker sends us, so the queue cannot be flooded from here.
+- Manual acknowledgement: paho only queues a message; its PUBACK is sent by the processor
+  after the frame is committed. Receive Maximum bounds how many unacknowledged messages the
+  broker sends us, so the queue cannot be flooded from here.
 - A PUBACK goes out only on the connection the message came on: after a reconnect a packet id
   may name another message, and the broker re-sends the old one anyway (then a duplicate,
   acknowledged without being stored twice).
 - Subscriptions use No Local, so the daemon never receives the alarm messages it publishes.
+- paho runs in a process of its own (`receiver = "process"`, the default): its per-message
+  Python work (~45 us) then takes the other core instead of the processor's GIL. Messages
+  cross in batches over a pipe, acknowledgements and publishes come back over another; if
+  that process dies it is started again (a new connection: the broker re-sends what was not
+  acknowledged). `receiver = "thread"` keeps paho in the daemon's process.
 
 Topics are packsentry/<site>/<board_id>/<leaf>; `birth`, `data` and `status` carry frames, and
 a bare "offline" on `status` is a board's last will.
@@ -17,18 +22,15 @@ a bare "offline" on `status` is a board's last will.
 from __future__ import annotations
 
 import logging
+import multiprocessing as mp
 import ssl
 import threading
+import time
 from collections.abc import Callable
+from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
-
-import paho.mqtt.client as mqtt
-from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
-from paho.mqtt.packettypes import PacketTypes
-from paho.mqtt.properties import Properties
-from paho.mqtt.subscribeoptions import SubscribeOptions
 
 from .config import MqttConfig
 from .pipeline import Inbound
@@ -37,17 +39,28 @@ from .storage import now_ms
 log = logging.getLogger("packsentry.mqtt")
 
 FRAME_LEAVES = ("birth", "data", "status")
+FLUSH_S = 0.002  # a receiver process hands its messages over at least this often
+FLUSH_N = 500  # ... or at this many
 
 
-class MqttSource:
-    def __init__(self, cfg: MqttConfig, put: Callable[[Inbound], None]) -> None:
+# (generation, mid, qos, topic, payload, rx_ms): one received message, as it crosses over
+Message = tuple[int, int, int, str, bytes, int]
+
+
+class _Client:
+    """The paho client and its callbacks, wherever it runs. `emit(msg)` gets each message,
+    `on_state(connected, generation, session_present)` each connection change."""
+
+    def __init__(self, cfg: MqttConfig, emit: Callable[[Message], None],
+                 on_state: Callable[[bool, int, bool], None]) -> None:
+        import paho.mqtt.client as mqtt
+        from paho.mqtt.enums import CallbackAPIVersion
+
         self.cfg = cfg
-        self.name = "mqtt"
-        self.put = put
-        self.connected = threading.Event()
+        self.emit = emit
+        self.on_state = on_state
         self.generation = 0  # counts connections: a PUBACK belongs to one
-        self.received = 0
-        self.on_connected: Callable[[], None] | None = None  # e.g. re-publish retained state
+        self.connected = False
         u = urlsplit(cfg.url)
         self.host = u.hostname or "127.0.0.1"
         self.port = u.port or (8883 if u.scheme == "mqtts" else 1883)
@@ -69,6 +82,9 @@ class MqttSource:
         self.client = c
 
     def start(self) -> None:
+        from paho.mqtt.packettypes import PacketTypes
+        from paho.mqtt.properties import Properties
+
         props = Properties(PacketTypes.CONNECT)
         props.SessionExpiryInterval = self.cfg.session_expiry_s
         props.ReceiveMaximum = self.cfg.receive_maximum
@@ -80,42 +96,164 @@ class MqttSource:
         self.client.disconnect()
         self.client.loop_stop()
 
-    def _on_connect(self, client: mqtt.Client, _ud: Any, flags: Any, reason: Any,
-                    _props: Any) -> None:
+    def ack(self, generation: int, mid: int, qos: int) -> None:
+        if qos and generation == self.generation:
+            self.client.ack(mid, qos)
+
+    def publish(self, topic: str, payload: bytes, qos: int, retain: bool) -> bool:
+        from paho.mqtt.enums import MQTTErrorCode
+
+        info = self.client.publish(topic, payload, qos=qos, retain=retain)
+        return info.rc in (MQTTErrorCode.MQTT_ERR_SUCCESS, MQTTErrorCode.MQTT_ERR_NO_CONN)
+
+    def _on_connect(self, client: Any, _ud: Any, flags: Any, reason: Any, _props: Any) -> None:
+        from paho.mqtt.subscribeoptions import SubscribeOptions
+
         if reason.is_failure:
             log.error("broker %s:%d refused the connection: %s", self.host, self.port, reason)
             return
         self.generation += 1
         opts = SubscribeOptions(qos=1, noLocal=True)
         client.subscribe([(t, opts) for t in self.cfg.topics])
+        self.connected = True
+        log.info("connected to %s:%d (session %s)", self.host, self.port,
+                 "resumed" if flags.session_present else "new")
+        self.on_state(True, self.generation, bool(flags.session_present))
+
+    def _on_disconnect(self, _c: Any, _ud: Any, _flags: Any, reason: Any, _props: Any) -> None:
+        if self.connected:
+            log.warning("lost the broker %s:%d (%s); reconnecting", self.host, self.port, reason)
+        self.connected = False
+        self.on_state(False, self.generation, False)
+
+    def _on_message(self, _c: Any, _ud: Any, msg: Any) -> None:
+        self.emit((self.generation, msg.mid, msg.qos, msg.topic, bytes(msg.payload), now_ms()))
+
+
+class MqttSource:
+    def __init__(self, cfg: MqttConfig, put: Callable[[Inbound], None]) -> None:
+        self.cfg = cfg
+        self.name = "mqtt"
+        self.put = put
+        self.connected = threading.Event()
+        self.generation = 0
+        self.received = 0
+        self.on_connected: Callable[[], None] | None = None  # e.g. re-publish retained state
+        self._client: _Client | None = None  # paho here (receiver "thread")
+        self._proc: Any = None  # or in this process (receiver "process")
+        self._to_child: Connection | None = None
+        self._send_lock = threading.Lock()
+        self._acks: list[tuple[int, int, int]] = []
+        self._acks_ready = threading.Event()
+        self._stopping = threading.Event()
+
+    # -- life cycle ----------------------------------------------------------------------------
+
+    def start(self) -> None:
+        if self.cfg.receiver == "thread":
+            self._client = _Client(self.cfg, self._deliver, self._state)
+            self._client.start()
+            return
+        self._spawn()
+        threading.Thread(target=self._ack_loop, daemon=True, name="mqtt-acks").start()
+
+    def stop(self) -> None:
+        self._stopping.set()
+        if self._client is not None:
+            self._client.stop()
+            return
+        self._send(("stop",))
+        if self._proc is not None:
+            self._proc.join(5)
+            if self._proc.is_alive():
+                self._proc.terminate()
+
+    def _spawn(self) -> None:
+        ctx = mp.get_context("spawn")  # the daemon has threads: no fork
+        from_child, child_out = ctx.Pipe(duplex=False)
+        child_in, to_child = ctx.Pipe(duplex=False)
+        self._proc = ctx.Process(target=_receiver_main,
+                                 args=(self.cfg, child_out, child_in,
+                                       logging.getLogger().getEffectiveLevel()),
+                                 name="packsentry-mqtt", daemon=True)
+        self._proc.start()
+        child_out.close()
+        child_in.close()
+        with self._send_lock:
+            self._to_child = to_child
+        threading.Thread(target=self._read_loop, args=(from_child,), daemon=True,
+                         name="mqtt-receiver").start()
+
+    def _read_loop(self, conn: Connection) -> None:
+        """Messages and connection news from the receiver process, until it ends."""
+        while True:
+            try:
+                item = conn.recv()
+            except (EOFError, OSError):
+                break
+            if item[0] == "msgs":
+                for msg in item[1]:
+                    self._deliver(msg)
+            elif item[0] == "state":
+                self._state(*item[1:])
+        conn.close()
+        self.connected.clear()
+        if not self._stopping.is_set():  # it died: a new one, a new connection
+            log.error("the MQTT receiver process ended (exit code %s); starting another",
+                      self._proc.exitcode if self._proc is not None else None)
+            time.sleep(1.0)
+            if not self._stopping.is_set():
+                self._spawn()
+
+    def _ack_loop(self) -> None:
+        """PUBACKs go to the receiver in batches: the processor commits thousands at once."""
+        while not self._stopping.is_set():
+            self._acks_ready.wait(0.5)
+            self._acks_ready.clear()
+            with self._send_lock:
+                acks, self._acks = self._acks, []
+            if acks:
+                self._send(("acks", acks))
+
+    def _send(self, item: tuple[Any, ...]) -> None:
+        with self._send_lock:
+            if self._to_child is None:
+                return
+            try:
+                self._to_child.send(item)
+            except (BrokenPipeError, OSError):
+                pass  # the receiver is gone; _read_loop starts another
+
+    # -- messages ------------------------------------------------------------------------------
+
+    def _state(self, connected: bool, generation: int, _session_present: bool) -> None:
+        self.generation = generation
+        if not connected:
+            self.connected.clear()
+            return
         self.connected.set()
         if self.on_connected is not None:
             self.on_connected()
-        log.info("connected to %s:%d (session %s)", self.host, self.port,
-                 "resumed" if flags.session_present else "new")
 
-    def _on_disconnect(self, _c: mqtt.Client, _ud: Any, _flags: Any, reason: Any,
-                       _props: Any) -> None:
-        if self.connected.is_set():
-            log.warning("lost the broker %s:%d (%s); reconnecting", self.host, self.port, reason)
-        self.connected.clear()
-
-    def _on_message(self, client: mqtt.Client, _ud: Any, msg: mqtt.MQTTMessage) -> None:
+    def _deliver(self, msg: Message) -> None:
+        gen, mid, qos, topic, payload, rx = msg
         self.received += 1
-        rx = now_ms()
-        parts = msg.topic.split("/")
-        gen = self.generation
-        mid, qos = msg.mid, msg.qos
+        parts = topic.split("/")
 
         def puback() -> None:
-            if qos and gen == self.generation:
-                client.ack(mid, qos)
+            if not qos:
+                return
+            if self._client is not None:
+                self._client.ack(gen, mid, qos)
+            else:
+                with self._send_lock:
+                    self._acks.append((gen, mid, qos))
+                self._acks_ready.set()
 
         if len(parts) != 4 or parts[3] not in FRAME_LEAVES:
             puback()  # not ours to store; the subscription filter let it through
             return
         site, board, leaf = parts[1], parts[2], parts[3]
-        payload = bytes(msg.payload)
         if not payload:  # a retained message being cleared (the board's will, on connect)
             puback()
             return
@@ -129,8 +267,76 @@ class MqttSource:
         self.put(Inbound(payload, rx, self.name, site, link=self, on_stored=puback))
 
     def publish(self, topic: str, payload: bytes, qos: int = 1, retain: bool = False) -> None:
-        self.client.publish(topic, payload, qos=qos, retain=retain)
+        if self._client is not None:
+            self._client.publish(topic, payload, qos, retain)
+        else:
+            self._send(("publish", topic, payload, qos, retain))
 
     def send_command(self, board_id: int, site: str, frame: bytes) -> bool:
-        info = self.client.publish(f"packsentry/{site}/{board_id}/cmd", frame, qos=1)
-        return info.rc in (MQTTErrorCode.MQTT_ERR_SUCCESS, MQTTErrorCode.MQTT_ERR_NO_CONN)
+        topic = f"packsentry/{site}/{board_id}/cmd"
+        if self._client is not None:
+            return self._client.publish(topic, frame, 1, False)
+        self._send(("publish", topic, frame, 1, False))
+        return True  # queued for the receiver (as paho queues while disconnected)
+
+
+def _receiver_main(cfg: MqttConfig, out: Connection, inbox: Connection, log_level: int) -> None:
+    """The receiver process: paho, a flusher handing messages over in batches, and the
+    parent's acks and publishes. Ends when the parent says stop or goes away."""
+    logging.basicConfig(level=log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    lock = threading.Lock()
+    pending: list[Message] = []
+    ready = threading.Event()
+
+    def emit(msg: Message) -> None:
+        with lock:
+            pending.append(msg)
+            if len(pending) >= FLUSH_N:
+                ready.set()
+
+    def on_state(connected: bool, generation: int, session_present: bool) -> None:
+        flush()  # what came on the old connection goes first
+        with lock:
+            out.send(("state", connected, generation, session_present))
+
+    def flush() -> None:
+        nonlocal pending
+        with lock:
+            batch, pending = pending, []
+            if batch:
+                out.send(("msgs", batch))
+
+    client = _Client(cfg, emit, on_state)
+    stop = threading.Event()
+
+    def flusher() -> None:
+        try:
+            while not stop.is_set():
+                ready.wait(FLUSH_S)
+                ready.clear()
+                flush()
+        except (BrokenPipeError, OSError):
+            stop.set()
+
+    threading.Thread(target=flusher, daemon=True).start()
+    client.start()
+    try:
+        while not stop.is_set():
+            try:
+                item = inbox.recv()
+            except (EOFError, OSError):
+                break  # the parent is gone
+            if item[0] == "acks":
+                for gen, mid, qos in item[1]:
+                    client.ack(gen, mid, qos)
+            elif item[0] == "publish":
+                client.publish(*item[1:])
+            elif item[0] == "stop":
+                break
+    finally:
+        stop.set()
+        try:
+            flush()
+        except (BrokenPipeError, OSError):
+            pass
+        client.stop()

@@ -159,3 +159,63 @@ def test_alarms_go_out_on_mqtt_with_a_retained_active_set(broker, depot) -> None
         assert any(a["rule"] == "temp_high" for a in late.got[0][1])
     finally:
         late.close()
+
+
+def _receiver_pids(daemon_pid: int) -> list[int]:
+    """The daemon's MQTT receiver process (multiprocessing's spawn child)."""
+    out = []
+    for p in Path("/proc").iterdir():
+        if not p.name.isdigit():
+            continue
+        try:
+            ppid = int((p / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            cmd = (p / "cmdline").read_bytes()
+        except (OSError, IndexError, ValueError):
+            continue
+        if ppid == daemon_pid and b"spawn_main" in cmd:
+            out.append(int(p.name))
+    return out
+
+
+def test_a_dead_receiver_process_is_replaced_and_nothing_is_lost(depot) -> None:
+    """paho runs in a process of its own; killed, it is started again, and what it had
+    not had acknowledged comes again from the broker: every frame stored, once."""
+    import os
+    import signal
+
+    d, board, link = depot
+    assert d.proc is not None
+    pub = Publisher(link)
+    wait_until(lambda: len(stored_seqs(d)) > 50, 20, "frames stored")
+    (pid,) = _receiver_pids(d.proc.pid)
+    os.kill(pid, signal.SIGKILL)
+    wait_until(lambda: any(p != pid for p in _receiver_pids(d.proc.pid)), 20,
+               "a new receiver process")
+    time.sleep(1.0)
+    sent = pub.finish()
+    wait_until(lambda: drained(board, d, sent), 60,
+               f"all {sent} samples stored and acked (pending {len(board.pending())})")
+    samples = stored_seqs(d)
+    assert len(samples) == sent and len(set(samples)) == len(samples)
+    assert "MQTT receiver process ended" in d.text()
+    assert d.stop() == 0
+
+
+def test_paho_in_the_daemons_own_process_works_too(broker, tmp_path: Path) -> None:
+    d = DaemonProc(tmp_path, mqtt_config(broker.port) + 'receiver = "thread"\n')
+    board = PyBoard(BOARD)
+    try:
+        d.start()
+        link = MqttBoard(board, broker.port)
+        assert link.up.wait(10)
+        pub = Publisher(link)
+        wait_until(lambda: len(stored_seqs(d)) > 20, 20, "frames stored")
+        sent = pub.finish()
+        wait_until(lambda: drained(board, d, sent), 30, "all stored and acked")
+        assert _receiver_pids(d.proc.pid) == []
+        link.close()
+        assert d.stop() == 0
+    finally:
+        if d.proc:
+            d.stop()
+        d.close()
