@@ -11,10 +11,10 @@ Method (the same for the daemon and the baselines, all on the same messages):
    the publishers (on a gateway the boards are elsewhere; the broker is there and runs).
 3. The consumers drain their queue one after the other (the order rotating each round): the
    daemon as a process (`packsentry daemon --config`, its default batch and storage
-   settings: synchronous = full, receive_maximum 1000); baseline (a) a do-nothing paho
+   settings: synchronous = full, its receive_maximum); baseline (a) a do-nothing paho
    subscriber that counts; (b) a naive subscriber (paho on_message -> compiled construct
    parse -> SQLite insert, a commit every 1 000 frames, WAL + synchronous FULL like the
-   daemon). Both baselines connect like the daemon (MQTT v5, Receive Maximum 1000).
+   daemon). Both baselines connect like the daemon (MQTT v5, the daemon's default Receive Maximum).
 4. Sustained rate = the samples done after the first one, over the time from the first to
    the last: for the daemon, samples *committed* (polled every 0.1 s from its database; it
    commits a micro-batch at a time), so its start, the connect and the first micro-batch are

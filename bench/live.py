@@ -470,7 +470,9 @@ def _subscribe_main(a: dict[str, Any]) -> dict[str, Any]:
     c.on_message = on_message
     props = Properties(PacketTypes.CONNECT)
     props.SessionExpiryInterval = 3600
-    props.ReceiveMaximum = 1000  # as the daemon's default receive_maximum
+    from packsentry.host.config import MqttConfig
+
+    props.ReceiveMaximum = MqttConfig.receive_maximum  # as the daemon's default
     c.connect("127.0.0.1", a["port"], 60, clean_start=False, properties=props)
     c.loop_start()
     _wait(lambda: flags["subscribed"], 20, "subscribe")

@@ -44,7 +44,9 @@ class MqttConfig:
     topics: tuple[str, ...] = DEFAULT_TOPICS
     keepalive_s: int = 30
     session_expiry_s: int = 7 * 86_400  # the broker queues QoS 1 frames this long while we are down
-    receive_maximum: int = 1_000  # unacknowledged messages the broker may have in flight to us
+    # unacknowledged messages the broker may have in flight to us; PUBACKs wait for the
+    # commit, so this bounds an MQTT micro-batch: as large as daemon.batch_max
+    receive_maximum: int = 2_000
     receiver: str = "process"  # where paho runs: "process" (its own core) or "thread"
 
 

@@ -619,11 +619,12 @@ class Processor:
             st.insert_board_frames(b.board_frames)
             st.insert_rejected(b.rejected)
             st.insert_estimates(b.estimates)
-            for board_id, fields in b.board_fields.items():
-                bs = self.boards[board_id]
-                st.upsert_board(board_id, b.seen.get(board_id, now), **{"site": bs.site, **fields})
-            for board_id, boot in touched_boots:
-                st.save_seq_ranges(board_id, boot, self.delivery.window.intervals(board_id, boot))
+            st.upsert_boards([(board_id, b.seen.get(board_id, now),
+                               {"site": self.boards[board_id].site, **fields})
+                              for board_id, fields in b.board_fields.items()])
+            st.save_seq_ranges_many([(board_id, boot,
+                                      self.delivery.window.intervals(board_id, boot))
+                                     for board_id, boot in touched_boots])
             self._record_gaps(gap_changes, b, now)
             if b.events:
                 st.write_alarm_events(b.events, now)

@@ -237,10 +237,33 @@ class Storage:
             self.db.execute(f"UPDATE boards SET {cols} WHERE board_id = ?",
                             (*fields.values(), board_id))
 
+    def upsert_boards(self, rows: Sequence[tuple[int, int, dict[str, Any]]]) -> None:
+        """upsert_board for many (board_id, seen_ms, fields): one statement per kind of
+        update, not per board (a micro-batch touches hundreds)."""
+        self.db.executemany(
+            "INSERT INTO boards (board_id, site, first_seen_ms, last_seen_ms) VALUES (?,?,?,?) "
+            "ON CONFLICT (board_id) DO UPDATE SET "
+            "last_seen_ms = max(last_seen_ms, excluded.last_seen_ms)",
+            [(board_id, fields.get("site", "local"), seen_ms, seen_ms)
+             for board_id, seen_ms, fields in rows])
+        by_keys: dict[tuple[str, ...], list[tuple[Any, ...]]] = {}
+        for board_id, _, fields in rows:
+            if fields:
+                by_keys.setdefault(tuple(fields), []).append((*fields.values(), board_id))
+        for keys, values in by_keys.items():
+            cols = ", ".join(f"{k} = ?" for k in keys)
+            self.db.executemany(f"UPDATE boards SET {cols} WHERE board_id = ?", values)
+
     def save_seq_ranges(self, board_id: int, boot: int, ranges: Sequence[tuple[int, int]]) -> None:
-        self.db.execute("DELETE FROM seq_ranges WHERE board_id = ? AND boot = ?", (board_id, boot))
+        self.save_seq_ranges_many([(board_id, boot, ranges)])
+
+    def save_seq_ranges_many(self, items: Sequence[tuple[int, int, Sequence[tuple[int, int]]]]
+                             ) -> None:
+        self.db.executemany("DELETE FROM seq_ranges WHERE board_id = ? AND boot = ?",
+                            [(board_id, boot) for board_id, boot, _ in items])
         self.db.executemany("INSERT INTO seq_ranges VALUES (?,?,?,?)",
-                            [(board_id, boot, lo, hi) for lo, hi in ranges])
+                            [(board_id, boot, lo, hi) for board_id, boot, ranges in items
+                             for lo, hi in ranges])
 
     def forget_boots_below(self, board_id: int, boot: int) -> None:
         self.db.execute("DELETE FROM seq_ranges WHERE board_id = ? AND boot < ?", (board_id, boot))
