@@ -22,6 +22,8 @@ import statistics
 from pathlib import Path
 
 from bench.harness import Context, Figure, Target
+from packsentry.hil import firmware_script
+from packsentry.hil.firmware_script import IMPORTS
 from packsentry.hil.mpvm import run_micropython
 
 # A 4-cell board with two NTCs, as tests/test_firmware_app.py configures the virtual board
@@ -29,54 +31,14 @@ CONFIG = {"board_id": 0x00C0FFEE, "chemistry": "nmc", "cells_series": 4, "n_cell
           "max_pack_mv": 16_800, "sample_period_ms": 100, "riso_settle_ms": 0,
           "riso_period_ms": 1_000, "pins": {"ntc": [32, 33]},
           "pack_divider_ratio_c": 1_000}
-# the cell monitor's registers: 4 cells of 3.7 V (14-bit ADC counts), system OK
-BQ_REGS = {0x50: 0x0C, 0x59: 0xE0, 0x51: 0x00, 0x04: 0} | {
-    0x0C + 2 * i: (9343 >> 8) for i in range(4)} | {0x0D + 2 * i: 9343 & 0xFF for i in range(4)}
-NTC_25C_UV, NTC_26C_UV = 1_650_000, 1_610_000
-MODULES = ("wire", "limits", "config", "intmath", "ntc", "analog", "crc32", "cobs", "frames",
-           "safety", "ring", "sampler", "insulation", "commands", "clock", "persist", "signer",
-           "store", "app")
 
 
 def _imports() -> str:
-    # this VM collects garbage only at a real sleep: import module by module, yielding
-    return ("import asyncio, gc, json, os, struct, js\nimport machine\n"
-            f"for _name in {MODULES!r}:\n    __import__(_name)\n    await asyncio.sleep_ms(2)\n"
-            "import app, config\n")
+    return IMPORTS + "import js\n"  # js.performance: the VM's clock for the encode timings
 
 
 def heap_script(ticks: int, persist: bool) -> str:
-    return _imports() + f"""
-os.mkdir('/flash')
-machine.inputs['adc_uv'].update({{36: 1_500_000, 39: 1_650_000, 32: {NTC_25C_UV},
-                                  33: {NTC_26C_UV}}})
-machine.inputs['i2c'][0x08] = {BQ_REGS!r}
-
-class Wire:  # a UART that costs nothing itself, so only the firmware is measured
-    def __init__(self):
-        self.bytes = 0
-    def write(self, buf, off=0, sz=None):
-        self.bytes += sz
-        return sz
-    def any(self):
-        return 0
-
-uart = Wire()
-board = app.Board(config.parse({json.dumps(CONFIG)!r}), machine, app.SerialLink(uart, 2048),
-                  root='/flash/', persist_frames={persist!r})
-board.clock.sync(1_764_000_000_000)
-def run(start, n):
-    for i in range(start, start + n):
-        board.tick(i * 100)
-run(0, 50)
-await asyncio.sleep_ms(5)
-seq0 = board.seq
-gc.collect()
-before = gc.mem_alloc()
-run(50, {ticks})
-allocated = gc.mem_alloc() - before
-print(json.dumps({{"allocated": allocated, "samples": board.seq - seq0, "bytes": uart.bytes}}))
-"""
+    return firmware_script.heap_script(CONFIG, ticks, persist)
 
 
 def encode_script(shapes: list[tuple[int, int]], loops: int, rounds: int) -> str:

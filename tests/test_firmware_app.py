@@ -4,11 +4,19 @@ birth, samples, a local L3 with its pre-event data, a host command, the alarm ou
 from __future__ import annotations
 
 import json
-import math
 from pathlib import Path
 
 import pytest
 
+from packsentry.hil.firmware_script import (
+    BQ_REGS,
+    IMPORTS,
+    NULL_UART,
+    VM_DIRS,
+    heap_script,
+    inputs,
+    ntc_uv,
+)
 from packsentry.hil.mpvm import run_micropython
 from packsentry.protocol import codec, golden, layout, stream
 from packsentry.protocol.verify import Verifier
@@ -16,40 +24,16 @@ from packsentry.protocol.verify import Verifier
 REPO = Path(__file__).resolve().parent.parent
 
 
-def ntc_uv(t_c: float) -> int:
-    r = 10_000 * math.exp(3950 * (1 / (t_c + 273.15) - 1 / 298.15))
-    return int(3_300_000 * r / (10_000 + r))
-
-
 CONFIG = {"board_id": 0x00C0FFEE, "chemistry": "nmc", "cells_series": 4, "n_cells": 4,
           "max_pack_mv": 16_800, "sample_period_ms": 100, "riso_settle_ms": 0,
           "riso_period_ms": 1_000, "pins": {"ntc": [32, 33]},
           "pack_divider_ratio_c": 1_000}  # 10:1, so 1.5 V at the ADC is a 15 V pack
-# Compiling the firmware from source takes more heap than the board's 128 KiB holds at once
-# (the board runs precompiled .mpy), and this VM only collects garbage at a real sleep: so
-# import module by module, yielding in between.
-IMPORTS = """
-import asyncio, gc, json, os
-import machine
-for _name in ('wire', 'limits', 'config', 'intmath', 'ntc', 'analog', 'crc32', 'cobs', 'frames',
-              'safety', 'ring', 'sampler', 'insulation', 'commands', 'clock', 'persist',
-              'signer', 'store', 'app'):
-    __import__(_name)
-    await asyncio.sleep_ms(2)
-import app, config
-"""
-
-BQ_REGS = {0x50: 0x0C, 0x59: 0xE0, 0x51: 0x00, 0x04: 0} | {
-    0x0C + 2 * i: (9343 >> 8) for i in range(4)} | {0x0D + 2 * i: 9343 & 0xFF for i in range(4)}
-
 
 def run_board(script: str, config: dict = CONFIG) -> list:
     """Run the board for the scenario `script`; return what its UART carried, decoded."""
     res = run_micropython(f"""
 {IMPORTS}os.mkdir('/flash')
-machine.inputs['adc_uv'].update({{36: 1_500_000, 39: 1_650_000, 32: {ntc_uv(25)},
-                                  33: {ntc_uv(26)}, 34: 1_000_000, 35: 1_000_000}})
-machine.inputs['i2c'][0x08] = {BQ_REGS!r}
+{inputs()}
 cfg = config.parse({json.dumps(config)!r})
 uart = machine.UART(0)
 board = app.Board(cfg, machine, app.SerialLink(uart, 2048), root='/flash/')
@@ -63,7 +47,7 @@ await scenario()
 print(bytes(uart.tx).hex())
 print(machine.outputs['pins'].get({CONFIG['pins'].get('alarm_out', 2)}, 0),
       machine.outputs['wdt_feeds'])
-""", dirs={"/firmware": REPO / "firmware", "/vboard": REPO / "hil" / "vboard"},
+""", dirs=VM_DIRS,
         timeout_s=60).check()
     lines = res.stdout.split()
     reader = stream.FrameReader(Verifier(replay_window=None))  # the board's output as sent
@@ -156,40 +140,11 @@ def test_unacknowledged_frames_are_resent_as_historical_after_the_host_returns()
 
 def test_a_whole_sampling_tick_allocates_nothing() -> None:
     """Sensors, local safety, pre-event ring, frame, COBS and the link write, 1 000 times."""
-    res = run_micropython(f"""
-{IMPORTS}os.mkdir('/flash')
-machine.inputs['adc_uv'].update({{36: 1_500_000, 39: 1_650_000, 32: {ntc_uv(25)},
-                                  33: {ntc_uv(26)}}})
-machine.inputs['i2c'][0x08] = {BQ_REGS!r}
-
-class Wire:  # a UART that costs nothing itself, so only the firmware is measured
-    def __init__(self):
-        self.bytes = 0
-    def write(self, buf, off=0, sz=None):
-        self.bytes += sz
-        return sz
-    def any(self):
-        return 0
-
-uart = Wire()
-board = app.Board(config.parse({json.dumps(CONFIG)!r}), machine, app.SerialLink(uart, 2048),
-                  root='/flash/', persist_frames=False)
-board.clock.sync(1_764_000_000_000)
-def run(start, n):
-    for i in range(start, start + n):
-        board.tick(i * 100)
-run(0, 50)
-await asyncio.sleep_ms(5)
-def measure():
-    before = gc.mem_alloc()
-    run(50, 1000)
-    return gc.mem_alloc() - before
-print(measure(), uart.bytes, board.seq)
-""", dirs={"/firmware": REPO / "firmware", "/vboard": REPO / "hil" / "vboard"},
-        timeout_s=60).check()
-    allocated, sent, seq = map(int, res.stdout.split())
-    assert seq >= 1040 and sent > 1000 * 60  # it really sampled and reported every tick
-    assert allocated == 0, f"{allocated} bytes allocated over 1000 ticks"
+    res = run_micropython(heap_script(CONFIG, 1000, persist=False), dirs=VM_DIRS,
+                          timeout_s=60).check()
+    out = json.loads(res.stdout.strip().splitlines()[-1])
+    assert out["samples"] >= 990 and out["bytes"] > 1000 * 60  # it sampled and reported
+    assert out["allocated"] == 0, f"{out['allocated']} bytes allocated over 1000 ticks"
 
 
 BOARD = CONFIG["board_id"]
@@ -205,15 +160,7 @@ def test_an_injected_tick_allocates_nothing() -> None:
     config = {**CONFIG, "sensor_source": "injected"}
     res = run_micropython(f"""
 {IMPORTS}os.mkdir('/flash')
-class Wire:  # a UART that costs nothing itself, so only the firmware is measured
-    def __init__(self):
-        self.bytes = 0
-    def write(self, buf, off=0, sz=None):
-        self.bytes += sz
-        return sz
-    def any(self):
-        return 0
-cfg = config.parse({json.dumps(config)!r})
+{NULL_UART}cfg = config.parse({json.dumps(config)!r})
 board = app.Board(cfg, machine, app.SerialLink(Wire(), 2048), root='/flash/',
                   persist_frames=False)
 board.clock.sync(1_764_000_000_000)
@@ -245,7 +192,7 @@ def stale():
         board.tick(now + 200_000 + 100 * i)
     return gc.mem_alloc() - before
 print(fresh(), board.sampler.pack_mv, stale(), board.sampler.pack_mv == 0xFFFFFFFF, board.seq)
-""", dirs={"/firmware": REPO / "firmware", "/vboard": REPO / "hil" / "vboard"},
+""", dirs=VM_DIRS,
         timeout_s=60).check()
     fresh, pack_mv, stale, invalid, seq = res.stdout.split()[-5:]
     assert int(pack_mv) == INJECTED["pack_mv"] and invalid == "True"
@@ -271,7 +218,7 @@ await asyncio.sleep_ms(300)
 board.running = False
 await asyncio.sleep_ms(150)
 print(bytes(uart.tx).hex())
-""", dirs={"/firmware": REPO / "firmware", "/vboard": REPO / "hil" / "vboard"}).check()
+""", dirs=VM_DIRS).check()
     assert "BQ769x0 cell monitor did not start" in res.stdout
     reader = stream.FrameReader(Verifier(replay_window=None))
     frames = [r.frame for r in reader.feed(bytes.fromhex(res.stdout.split()[-1]))]
@@ -309,7 +256,7 @@ for frame in {cases!r}:
     with open('/flash/config.json') as f:
         print('RESULT', json.loads(f.read())['sample_period_ms'], board.reboot_at is not None)
 print(bytes(uart.tx).hex())
-""", dirs={"/firmware": REPO / "firmware", "/vboard": REPO / "hil" / "vboard"}).check()
+""", dirs=VM_DIRS).check()
     lines = res.stdout.split()
     results = [line.split()[1:] for line in res.stdout.splitlines() if line.startswith("RESULT")]
     # unsigned: refused; signed but invalid: refused; signed and valid: written, reboot due

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import sqlite3
 import time
 from collections.abc import Iterator
@@ -21,6 +20,7 @@ from pathlib import Path
 import pytest
 
 from packsentry.hil import cli, scenario
+from packsentry.hil.firmware_script import IMPORTS, VM_DIRS, inputs
 from packsentry.hil.mpvm import run_micropython
 from packsentry.hil.packsim import PackSpec
 from packsentry.hil.virtual_board import SerialLine, VirtualBoard
@@ -28,7 +28,6 @@ from packsentry.hil.wiring import Wiring, board_config
 from packsentry.protocol import codec, golden, stream
 from packsentry.protocol.verify import Verifier
 
-REPO = Path(__file__).resolve().parent.parent
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
 KEY = golden.GOLDEN_KEY
 BOARD_ID = 0x00C0FFEE
@@ -36,27 +35,9 @@ U16_INVALID, I16_INVALID = 0xFFFF, 0x7FFF
 U32_INVALID, I32_INVALID = 0xFFFFFFFF, 0x7FFFFFFF
 
 
-def ntc_uv(t_c: float) -> int:
-    r = 10_000 * math.exp(3950 * (1 / (t_c + 273.15) - 1 / 298.15))
-    return int(3_300_000 * r / (10_000 + r))
-
-
 CONFIG = {"board_id": BOARD_ID, "key_hex": KEY.hex(), "chemistry": "nmc", "cells_series": 4,
           "n_cells": 4, "max_pack_mv": 16_800, "sample_period_ms": 500, "riso_settle_ms": 0,
           "riso_period_ms": 1_000, "pins": {"ntc": [32, 33]}, "pack_divider_ratio_c": 1_000}
-IMPORTS = """
-import asyncio, gc, json, os, time
-import machine
-for _name in ('wire', 'limits', 'config', 'intmath', 'ntc', 'analog', 'crc32', 'cobs', 'frames',
-              'safety', 'ring', 'sampler', 'insulation', 'commands', 'clock', 'persist',
-              'signer', 'store', 'app'):
-    __import__(_name)
-    await asyncio.sleep_ms(2)
-import app, config
-"""
-# the stand-in's sensors: 15 V, 25 and 26 degC, cells of 3.7 V: nothing like the injection
-BQ_REGS = {0x50: 0x0C, 0x59: 0xE0, 0x51: 0x00, 0x04: 0} | {
-    0x0C + 2 * i: (9343 >> 8) for i in range(4)} | {0x0D + 2 * i: 9343 & 0xFF for i in range(4)}
 READING = {"pack_mv": 14_321, "current_ma": -2_345, "riso_pos_kohm": 4_321,
            "riso_neg_kohm": 3_210, "temps_dc": [317, 305], "cells_mv": [3_581, 3_582, 3_583,
                                                                     3_584]}
@@ -74,9 +55,7 @@ def run_board(config: dict, script: str) -> tuple[list[dict], str]:
     """The board program for `script`; its UART's frames (verified with KEY) and stdout."""
     res = run_micropython(f"""
 {IMPORTS}os.mkdir('/flash')
-machine.inputs['adc_uv'].update({{36: 1_500_000, 39: 1_650_000, 32: {ntc_uv(25)},
-                                  33: {ntc_uv(26)}, 34: 1_000_000, 35: 1_000_000}})
-machine.inputs['i2c'][0x08] = {BQ_REGS!r}
+{inputs()}  # the stand-in's own sensors (15 V, 25/26 degC, 3.7 V cells): nothing injected
 uart = machine.UART(0)
 board = app.Board(config.parse({json.dumps(config)!r}), machine, app.SerialLink(uart, 2048),
                   root='/flash/')
@@ -86,7 +65,7 @@ async def tick(wait_ms=600):  # a report each tick: more than sample_period_ms a
     board.tick(time.ticks_ms())
 {script}
 print(bytes(uart.tx).hex())
-""", dirs={"/firmware": REPO / "firmware", "/vboard": REPO / "hil" / "vboard"},
+""", dirs=VM_DIRS,
         timeout_s=60).check()
     reader = stream.FrameReader(Verifier(lambda _b: KEY, replay_window=None))
     received = reader.feed(bytes.fromhex(res.stdout.split()[-1]))
