@@ -56,12 +56,7 @@ def run(ctx: Context) -> list[Figure]:
         live.publish(broker.port, site, bg, 1, 0)
         live.publish(broker.port, site, probes, 1, 0, processes=1)
         n_boards = n_bg_boards + n_probes
-        deadline = time.monotonic() + 60
-        while d.query("SELECT count(*) FROM boards WHERE chemistry IS NOT NULL")[0][0] < n_boards:
-            if time.monotonic() > deadline:
-                raise RuntimeError("the daemon did not take every birth within 60 s")
-            d.check()
-            time.sleep(0.1)
+        live.wait_births(d, n_boards, 60)
         pubs = [live.Worker("publish", {
             "port": broker.port, "site": site, "fleet": live.fleet_args(part), "seq0": 1,
             "n_samples": per_board, "per_msg": 1, "births": False,

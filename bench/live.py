@@ -819,3 +819,13 @@ def wait_count(d: DaemonProc, expected: int, *, stall_s: float = 10.0,
             return n, False
         d.check()
         time.sleep(0.25)
+
+
+def wait_births(d: Any, n_boards: int, timeout_s: float, poll_s: float = 0.1) -> None:
+    """Until the daemon `d` has taken every board's birth (its profile stored)."""
+    deadline = time.monotonic() + timeout_s
+    while d.query("SELECT count(*) FROM boards WHERE chemistry IS NOT NULL")[0][0] < n_boards:
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"the daemon did not take every birth within {timeout_s:g} s")
+        d.check()
+        time.sleep(poll_s)

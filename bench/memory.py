@@ -45,12 +45,7 @@ def run(ctx: Context) -> list[Figure]:
         sampler = threading.Thread(target=sample_rss, daemon=True)
         sampler.start()
         live.publish(broker.port, site, fleet, 1, 0)  # the births
-        deadline = time.monotonic() + 120
-        while d.query("SELECT count(*) FROM boards WHERE chemistry IS NOT NULL")[0][0] < n_boards:
-            if time.monotonic() > deadline:
-                raise RuntimeError("the daemon did not take every birth within 120 s")
-            d.check()
-            time.sleep(0.2)
+        live.wait_births(d, n_boards, 120, poll_s=0.2)
         after_births, _ = d.rss()
         pub = live.publish(broker.port, site, fleet, 1, stream_s, births=False,
                            rate_hz=n_boards / 2)

@@ -10,7 +10,6 @@ in for the ESP32's USB port, through the real daemon.
 
 from __future__ import annotations
 
-import argparse
 import json
 import sqlite3
 import time
@@ -18,8 +17,9 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from test_hil_cli import hil
 
-from packsentry.hil import cli, scenario
+from packsentry.hil import scenario
 from packsentry.hil.firmware_script import IMPORTS, VM_DIRS, inputs
 from packsentry.hil.mpvm import run_micropython
 from packsentry.hil.packsim import PackSpec
@@ -178,15 +178,6 @@ def esp32(tmp_path: Path) -> Iterator[tuple[Path, Path, VirtualBoard]]:
     if "vb" in holder:
         holder["vb"].stop()
         holder["port"].close()
-
-
-def hil(args: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
-    parser = argparse.ArgumentParser(prog="packsentry")
-    cli.add_parsers(parser.add_subparsers(dest="command", required=True))
-    ns = parser.parse_args(["hil", *args])
-    code = ns.func(ns)
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 def test_a_scenario_runs_against_a_board_on_a_serial_port(
