@@ -18,12 +18,13 @@ How the replay walks the trace (docs/hil.md, "Replay"):
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import math
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
@@ -168,17 +169,23 @@ def replay(path: str | Path, *, db: str | Path | None = None,
            estimate_every_s: float = _DEFAULTS.storage.estimate_every_s,
            batch_s: float = DEFAULT_BATCH_S, batch_max: int = _DEFAULTS.batch_max,
            speed: float | None = None,
-           progress: Callable[[int, int], None] | None = None) -> ReplayResult:
+           progress: Callable[[int, int, int], None] | None = None) -> ReplayResult:
     """Replay a trace; `db` None: a temporary database. `speed`: N x real time (None: as fast
-    as possible). `progress(records done, records)` is called after every batch. Raises
-    TraceError when the file is not a trace."""
+    as possible). `progress(bytes done, bytes in the file, records done)` is called after
+    every batch. The trace is streamed (a day of a fleet is gigabytes). Raises TraceError
+    when the file is not a trace."""
     path = Path(path)
-    records = list(read_trace(path))
+    records = read_trace(path)
+    head = []  # up to the first good record: its receive time starts the clock
+    for rec in records:
+        head.append(rec)
+        if not isinstance(rec, TraceError):
+            break
     with tempfile.TemporaryDirectory(prefix="packsentry-replay-") as tmp:
         storage = Storage(db if db is not None else Path(tmp) / "replay.db",
                           synchronous="normal" if db is not None else "off")
         try:
-            return _Replay(records, path, storage, keys or {}, settings or AlarmSettings(),
+            return _Replay(head, records, path, storage, keys or {}, settings or AlarmSettings(),
                            gap_settle_s, estimate_every_s, batch_s, batch_max, speed,
                            progress).run()
         finally:
@@ -186,11 +193,14 @@ def replay(path: str | Path, *, db: str | Path | None = None,
 
 
 class _Replay:
-    def __init__(self, records: list[Any], path: Path, storage: Storage,
+    def __init__(self, head: list[Any], rest: Iterator[Any], path: Path, storage: Storage,
                  keys: dict[int, bytes], settings: AlarmSettings, gap_settle_s: float,
-                 estimate_every_s: float, batch_s: float, batch_max: int,
-                 speed: float | None, progress: Callable[[int, int], None] | None) -> None:
-        self.records = records
+                 estimate_every_s: float, batch_s: float, batch_max: int, speed: float | None,
+                 progress: Callable[[int, int, int], None] | None) -> None:
+        self.records = itertools.chain(head, rest)
+        self.n_records = 0
+        self.file_bytes = path.stat().st_size
+        self.offset = 0  # bytes of the file read so far (a record's offset)
         self.source = f"trace:{path}"
         self.storage = storage
         self.settings = settings
@@ -199,7 +209,7 @@ class _Replay:
         self.gap_settle_ms = int(gap_settle_s * 1000)
         self.speed = speed
         self.progress = progress
-        first_rx = next((r.rx_ms for r in records if not isinstance(r, TraceError)), 0)
+        first_rx = next((r.rx_ms for r in head if not isinstance(r, TraceError)), 0)
         self.now_ms = first_rx  # the processor's clock
         self.first_rx_ms = first_rx
         self.events: list[AlarmEvent] = []
@@ -217,12 +227,14 @@ class _Replay:
         start_rx = 0
         deadline = self._next_deadline()
         for n, rec in enumerate(self.records):
+            self.n_records = n + 1
             if isinstance(rec, TraceError):  # quarantined like a stream's framing error
                 rx = batch[-1].rx_ms if batch else self.now_ms
                 item = Inbound(b"", rx, self.source, "local", error=FramingError(str(rec)))
             else:
                 rx = rec.rx_ms
                 item = Inbound(rec.frame, rx, self.source, rec.site or "local")
+                self.offset = rec.offset
             cut = False
             if batch:
                 if len(batch) >= self.batch_max or rx - start_rx >= self.batch_ms:
@@ -239,8 +251,11 @@ class _Replay:
                 start_rx = rx
             batch.append(item)
             self._heard(item)
+        self.offset = self.file_bytes
         if batch:
-            self._process(batch, len(self.records))
+            self._process(batch, self.n_records)
+        elif self.progress is not None:
+            self.progress(self.offset, self.file_bytes, self.n_records)
         return self._result()
 
     def _heard(self, item: Inbound) -> None:
@@ -288,7 +303,7 @@ class _Replay:
                               f"{self.now_ms} ms): the daemon's pipeline fails on them: "
                               f"{exc}") from None
         if self.progress is not None:
-            self.progress(done, len(self.records))
+            self.progress(self.offset, self.file_bytes, done)
 
     def _pace(self, t_ms: int) -> None:
         if self.speed is None:
@@ -313,7 +328,7 @@ class _Replay:
         s = self.processor.stats
         frames = FrameCounts(ok=sum(s.frames.values()), rejected=sum(s.rejected.values()),
                              duplicates=s.duplicates, gaps=s.gaps_opened)
-        return ReplayResult(boards, alarms, frames, len(self.records), t0,
+        return ReplayResult(boards, alarms, frames, self.n_records, t0,
                             wall_s=time.perf_counter() - self.wall_start)
 
     def _board(self, board_id: int, t0: int) -> BoardResult:
@@ -382,8 +397,8 @@ def _round(x: float | None, digits: int) -> float | None:
 
 
 class _Progress:
-    """`replay  42 %  21000/50286 records  9800 records/s` on one line, at most 10 times a
-    second; on a terminal only once the replay has run for half a second."""
+    """`replay  42 %  21000 records  9800 records/s` (the share of the file's bytes) on one
+    line, at most 10 times a second; on a terminal only once it has run for half a second."""
 
     def __init__(self, stream: TextIO, forced: bool) -> None:
         self.stream = stream
@@ -392,16 +407,16 @@ class _Progress:
         self.last = 0.0
         self.shown = False
 
-    def __call__(self, done: int, total: int) -> None:
+    def __call__(self, done_bytes: int, total_bytes: int, records: int) -> None:
         now = time.perf_counter()
-        if now - self.last < 0.1 and done < total:
+        if now - self.last < 0.1 and done_bytes < total_bytes:
             return
         if not self.forced and now - self.start < 0.5:
             return
         self.last = now
-        rate = done / max(now - self.start, 1e-9)
-        pct = 100 * done // max(total, 1)
-        self.stream.write(f"\rreplay {pct:3d} %  {done}/{total} records  {rate:.0f} records/s")
+        rate = records / max(now - self.start, 1e-9)
+        pct = 100 * done_bytes // max(total_bytes, 1)
+        self.stream.write(f"\rreplay {pct:3d} %  {records} records  {rate:.0f} records/s")
         self.stream.flush()
         self.shown = True
 
