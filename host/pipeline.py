@@ -279,6 +279,8 @@ class Processor:
         b.keys.add(key)
         b.commits.append((board_id, boot, seq, span))
         self.stats.frames[msg_type] += 1
+        if msg_type in ("sample", "batch") and bs.profile is not None:
+            b.report_ms[board_id] = span * bs.profile.sample_period_ms  # silence: see alarms
         return bs
 
     def _asks(self, bs: BoardState, flags: int, b: _Batch, now: int) -> None:
@@ -395,8 +397,6 @@ class Processor:
                     continue
                 if bs is not None:
                     fresh.append(pos)
-                    if bs.profile is not None:
-                        b.report_ms[board_id] = span * bs.profile.sample_period_ms
                     self._asks(bs, flags, b, now)
         if not fresh:
             return

@@ -227,18 +227,8 @@ class Storage:
             f"INSERT OR REPLACE INTO estimates VALUES ({','.join('?' * len(ESTIMATE_COLUMNS))})",
             rows)
 
-    def upsert_board(self, board_id: int, seen_ms: int, **fields: Any) -> None:
-        self.db.execute("INSERT INTO boards (board_id, site, first_seen_ms, last_seen_ms) "
-                        "VALUES (?,?,?,?) ON CONFLICT (board_id) DO UPDATE SET "
-                        "last_seen_ms = max(last_seen_ms, excluded.last_seen_ms)",
-                        (board_id, fields.get("site", "local"), seen_ms, seen_ms))
-        if fields:
-            cols = ", ".join(f"{k} = ?" for k in fields)
-            self.db.execute(f"UPDATE boards SET {cols} WHERE board_id = ?",
-                            (*fields.values(), board_id))
-
     def upsert_boards(self, rows: Sequence[tuple[int, int, dict[str, Any]]]) -> None:
-        """upsert_board for many (board_id, seen_ms, fields): one statement per kind of
+        """Boards seen, for many (board_id, seen_ms, fields): one statement per kind of
         update, not per board (a micro-batch touches hundreds)."""
         self.db.executemany(
             "INSERT INTO boards (board_id, site, first_seen_ms, last_seen_ms) VALUES (?,?,?,?) "
@@ -253,9 +243,6 @@ class Storage:
         for keys, values in by_keys.items():
             cols = ", ".join(f"{k} = ?" for k in keys)
             self.db.executemany(f"UPDATE boards SET {cols} WHERE board_id = ?", values)
-
-    def save_seq_ranges(self, board_id: int, boot: int, ranges: Sequence[tuple[int, int]]) -> None:
-        self.save_seq_ranges_many([(board_id, boot, ranges)])
 
     def save_seq_ranges_many(self, items: Sequence[tuple[int, int, Sequence[tuple[int, int]]]]
                              ) -> None:
