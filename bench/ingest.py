@@ -39,8 +39,8 @@ from bench.harness import Context, Figure, Target
 BATCH = 10
 
 
-def _daemon_drain(d: live.DaemonProc, fleet: live.Fleet, seq0: int, n_samples: int,
-                  per_msg: int) -> dict[str, Any]:
+def _daemon_drain(d: live.DaemonProc, fleet: live.Fleet, seq0: int,
+                  n_samples: int) -> dict[str, Any]:
     expected = n_samples * len(fleet.ids)
     t0 = time.perf_counter()
     d.start()
@@ -94,14 +94,14 @@ def run(ctx: Context) -> list[Figure]:
             order = order[r % 3:] + order[:r % 3]
             for who in order:
                 if who == "daemon":
-                    res[who].append(_daemon_drain(d, fleet, seq, n_samples, 1))
+                    res[who].append(_daemon_drain(d, fleet, seq, n_samples))
                 else:
                     res[who].append(_sub_drain(a if who == "count" else b, pub["messages"], 1))
                 ctx.log(f"ingest: {who}: {res[who][-1]['rate']:.0f} samples/s")
             seq += n_samples
         sent = sum(p["samples"] for p in pubs)
         stored = live.count_samples(d)
-        rejected = d.query("SELECT count(*) FROM rejected")[0][0]
+        rejected = live.count_rejected(d)
         naive_stored = sum(x["stored"] for x in res["naive"])
 
         # -- batch frames ----------------------------------------------------------------------
@@ -120,14 +120,14 @@ def run(ctx: Context) -> list[Figure]:
             bpubs.append(pub)
             for who in (["daemon", "count"] if r % 2 == 0 else ["count", "daemon"]):
                 if who == "daemon":
-                    bres[who].append(_daemon_drain(db, fleet, seq, n_batch, BATCH))
+                    bres[who].append(_daemon_drain(db, fleet, seq, n_batch))
                 else:
                     bres[who].append(_sub_drain(ab, pub["messages"], BATCH))
                 ctx.log(f"ingest: batch {who}: {bres[who][-1]['rate']:.0f} samples/s")
             seq += n_batch
         bsent = sum(p["samples"] for p in bpubs)
         bstored = live.count_samples(db)
-        brejected = db.query("SELECT count(*) FROM rejected")[0][0]
+        brejected = live.count_rejected(db)
     finally:
         for x in daemons:
             x.close()
@@ -140,10 +140,8 @@ def run(ctx: Context) -> list[Figure]:
         return [{k: round(v, 3) if isinstance(v, float) else v for k, v in x.items()}
                 for x in xs]
 
-    lost = "" if stored == sent and not rejected else \
-        f"the daemon stored {stored} of {sent} samples ({rejected} rejected)"
-    blost = "" if bstored == bsent and not brejected else \
-        f"the daemon stored {bstored} of {bsent} samples ({brejected} rejected)"
+    lost = live.lost(stored, sent, rejected)
+    blost = live.lost(bstored, bsent, brejected)
     daemon_rate, count_rate, naive_rate = med(res["daemon"]), med(res["count"]), med(res["naive"])
     shape = f"{n_boards} boards of 96 cells"
     common = (f"{shape}, {n_samples} samples each per round, {rounds} round(s); queued at the "

@@ -76,7 +76,7 @@ def run(ctx: Context) -> list[Figure]:
         stored, stalled = live.wait_count(
             d, expected, timeout_s=max(5.0, AFTER_S - (time.perf_counter() - t_pub)))
         backlog_s = time.perf_counter() - t_pub  # seen by then (polls of 0.25 s)
-        rejected = d.query("SELECT count(*) FROM rejected")[0][0]
+        rejected = live.count_rejected(d)
         stats = d.stats()
     finally:
         for w in pubs:
@@ -90,7 +90,7 @@ def run(ctx: Context) -> list[Figure]:
     if missing:
         failed.append(f"{missing} of {len(pr['alarm_s'])} alarms never arrived")
     if (stored != expected and stalled) or rejected:
-        failed.append(f"the daemon stored {stored} of {expected} samples ({rejected} rejected)")
+        failed.append(live.lost(stored, expected, rejected))
     if not al:  # none arrived: the figure is the wait (a lower bound), and it fails
         al = [AFTER_S + n_probes * interval_s]
     rt_ms = [x * 1000 for x in rt]

@@ -54,7 +54,6 @@ class DaemonProc:
         self.log = self.dir / "daemon.log"
         self.env = env or {}
         self.proc: subprocess.Popen[bytes] | None = None
-        self.ready_s: float | None = None
 
     def start(self, timeout_s: float = 120.0) -> float:
         """Start it and wait for READY=1; returns the seconds from spawn to ready."""
@@ -82,8 +81,7 @@ class DaemonProc:
                                            f"{self.text()[-3000:]}") from None
                     continue
                 if b"READY=1" in msg.split(b"\n"):
-                    self.ready_s = time.perf_counter() - t0
-                    return self.ready_s
+                    return time.perf_counter() - t0
             raise RuntimeError(f"daemon not ready within {timeout_s} s:\n{self.text()[-3000:]}")
         finally:
             sock.close()
@@ -111,9 +109,6 @@ class DaemonProc:
     def pid(self) -> int:
         assert self.proc is not None
         return self.proc.pid
-
-    def alive(self) -> bool:
-        return self.proc is not None and self.proc.poll() is None
 
     def check(self) -> None:
         if self.proc is not None and self.proc.poll() is not None:
@@ -152,8 +147,6 @@ class DaemonProc:
         return proc_rss(self.pid)
 
     def stats(self) -> dict[str, Any]:
-        import json
-
         rows = self.query("SELECT value FROM meta WHERE key = 'daemon_stats'")
         return json.loads(rows[0][0]) if rows else {}
 
@@ -168,10 +161,10 @@ def proc_rss(pid: int) -> tuple[int, int]:
     return rss, hwm
 
 
-def mqtt_config(port: int, client_id: str, site: str, extra: str = "") -> str:
+def mqtt_config(port: int, client_id: str, site: str) -> str:
     topics = ", ".join(f'"packsentry/{site}/+/{leaf}"' for leaf in ("birth", "data", "status"))
     return (f'[mqtt]\nurl = "mqtt://127.0.0.1:{port}"\nclient_id = "{client_id}"\n'
-            f"topics = [{topics}]\n" + extra)
+            f"topics = [{topics}]\n")
 
 
 # -- the broker -----------------------------------------------------------------------------------
@@ -186,21 +179,6 @@ def start_broker(workdir: Path) -> Any:
         f.write("max_queued_messages 0\n")
     b.start()
     return b
-
-
-def forget_session(port: int, client_id: str) -> None:
-    """Remove a persistent MQTT session (connect with clean start, expiry 0, disconnect)."""
-    import paho.mqtt.client as mqtt
-    from paho.mqtt.enums import CallbackAPIVersion
-
-    c = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=client_id, protocol=mqtt.MQTTv5)
-    c.connect("127.0.0.1", port, 30, clean_start=True)
-    c.loop_start()
-    deadline = time.monotonic() + 10
-    while not c.is_connected() and time.monotonic() < deadline:
-        time.sleep(0.01)
-    c.disconnect()
-    c.loop_stop()
 
 
 # -- frames ---------------------------------------------------------------------------------------
@@ -317,11 +295,11 @@ class Fleet:
 
 
 class Worker:
-    def __init__(self, role: str, args: dict[str, Any]) -> None:
+    def __init__(self, role: str, args: dict[str, Any], pass_fds: tuple[int, ...] = ()) -> None:
         self.role = role
         self.proc = subprocess.Popen([sys.executable, "-m", "bench.live", role,
                                       json.dumps(args)], stdout=subprocess.PIPE,
-                                     stderr=subprocess.PIPE, cwd=REPO,
+                                     stderr=subprocess.PIPE, cwd=REPO, pass_fds=pass_fds,
                                      env={**os.environ, "PYTHONPATH": str(REPO)})
 
     def result(self, timeout_s: float = 600.0) -> dict[str, Any]:
@@ -597,7 +575,6 @@ class Pty:
         self.master, self.slave = os.openpty()
         tty.setraw(self.slave)
         self.path = os.ttyname(self.slave)
-        self.bytes_back = 0
         self._stop = False
         self._thread = threading.Thread(target=self._drain, daemon=True)
         self._thread.start()
@@ -610,10 +587,9 @@ class Pty:
             if not r:
                 continue
             try:
-                chunk = os.read(self.master, 65536)
+                os.read(self.master, 65536)  # dropped
             except OSError:
                 return
-            self.bytes_back += len(chunk)
 
     def close(self) -> None:
         self._stop = True
@@ -628,13 +604,9 @@ class Pty:
 class SerialWriter(Worker):
     def __init__(self, fd: int, fleet: Fleet, seq0: int, n_samples: int, per_msg: int = 1,
                  births: bool = True) -> None:
-        self.role = "serial_write"
-        args = {"fd": fd, "fleet": fleet_args(fleet), "seq0": seq0, "n_samples": n_samples,
-                "per_msg": per_msg, "births": births}
-        self.proc = subprocess.Popen([sys.executable, "-m", "bench.live", self.role,
-                                      json.dumps(args)], stdout=subprocess.PIPE,
-                                     stderr=subprocess.PIPE, cwd=REPO, pass_fds=(fd,),
-                                     env={**os.environ, "PYTHONPATH": str(REPO)})
+        super().__init__("serial_write", {
+            "fd": fd, "fleet": fleet_args(fleet), "seq0": seq0, "n_samples": n_samples,
+            "per_msg": per_msg, "births": births}, pass_fds=(fd,))
 
 
 def _probe_main(a: dict[str, Any]) -> dict[str, Any]:
@@ -798,6 +770,18 @@ def arrival_rate(times: list[float]) -> tuple[float, float]:
 
 def count_samples(d: DaemonProc, where: str = "", *args: Any) -> int:
     return int(d.query(f"SELECT count(*) FROM samples {where}", *args)[0][0])
+
+
+def count_rejected(d: DaemonProc) -> int:
+    return int(d.query("SELECT count(*) FROM rejected")[0][0])
+
+
+def lost(stored: int, expected: int, rejected: int, who: str = "the daemon") -> str:
+    """'' when every sample is stored and none rejected, else what went missing (a figure
+    with such a note fails)."""
+    if stored == expected and not rejected:
+        return ""
+    return f"{who} stored {stored} of {expected} samples ({rejected} rejected)"
 
 
 def wait_count(d: DaemonProc, expected: int, *, stall_s: float = 10.0,

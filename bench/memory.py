@@ -54,15 +54,14 @@ def run(ctx: Context) -> list[Figure]:
         end_rss, hwm = d.rss()
         stop.set()
         sampler.join(2)
-        rejected = d.query("SELECT count(*) FROM rejected")[0][0]
+        rejected = live.count_rejected(d)
         d.stop()
     finally:
         stop.set()
         d.close()
         broker.stop()
     peak_sampled = max((r for _, r in samples), default=0)
-    lost = "" if stored == expected and not rejected else \
-        f"the daemon stored {stored} of {expected} samples ({rejected} rejected)"
+    lost = live.lost(stored, expected, rejected)
     note = (f"{n_boards} boards x 96 cells ({n_boards * 96} estimator units), births then "
             f"{stream_s} s at 1 Hz each ({pub['messages'] / pub['seconds']:.0f} frames/s "
             f"achieved); VmHWM at the end; highest VmRSS seen {peak_sampled / MB:.0f} MB; "

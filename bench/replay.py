@@ -34,6 +34,7 @@ from typing import Any
 
 import numpy as np
 
+from bench import live
 from bench.harness import Context, Figure, Target
 
 TS0_MS = 1_764_000_000_000  # 2025-11-24 16:00 UTC: the trace is the same every time
@@ -163,10 +164,9 @@ class Trace:
 
 
 def _record(rx_ms: int, frame: bytes) -> bytes:
-    from packsentry.protocol import cobs
+    from packsentry.host.trace_file import encode_record
 
-    body = rx_ms.to_bytes(8, "little") + bytes([len(SITE)]) + SITE + frame
-    return cobs.encode(body) + b"\0"
+    return encode_record(rx_ms, SITE.decode(), frame)
 
 
 def _records(rx_ms: np.ndarray, frames: np.ndarray) -> bytes:
@@ -296,8 +296,7 @@ def run(ctx: Context) -> list[Figure]:
     day_s = last["wall_s"] * day_chunks / last["chunks"]
     whole = last["chunks"] == day_chunks
     expected = trace.samples(last["chunks"])
-    lost = "" if last["stored"] == expected and not last["rejected"] else \
-        f"the replay stored {last['stored']} of {expected} samples ({last['rejected']} rejected)"
+    lost = live.lost(last["stored"], expected, last["rejected"], who="the replay")
     what = "the whole day" if whole else (
         f"the first {span_s / 3600:.2f} h of the day (time-capped at {budget_s:.0f} s at the "
         f"calibrated speed); 24 h extrapolated linearly")

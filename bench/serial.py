@@ -69,7 +69,7 @@ def run(ctx: Context) -> list[Figure]:
                 ctx.log(f"serial: {name}: {rate:.0f} frames/s, {stored}/{expected} stored")
                 seq[name] += n
                 time.sleep(0.3)
-        rejected = d.query("SELECT count(*) FROM rejected")[0][0]
+        rejected = live.count_rejected(d)
         stats = d.stats()
     finally:
         d.close()
@@ -81,8 +81,7 @@ def run(ctx: Context) -> list[Figure]:
         stored = sum(x["stored"] for x in rs)
         per_frame = rs[0]["line_bytes_per_frame"]
         line_rate = LINE_BYTES_S / per_frame
-        lost = "" if stored == sent and not rejected else \
-            f"the daemon stored {stored} of {sent} samples ({rejected} rejected)"
+        lost = live.lost(stored, sent, rejected)
         figs.append(Figure(
             f"sample frames, {name} ({per_frame:.0f} B on the line)",
             statistics.median(x["rate"] for x in rs), "frames/s",

@@ -19,8 +19,6 @@ import argparse
 import contextlib
 import os
 import shutil
-import signal
-import subprocess
 import sys
 import threading
 import time
@@ -33,6 +31,7 @@ from typing import TYPE_CHECKING, Any
 from packsentry.host.storage import Storage, StorageError, now_ms
 
 from .broker import Broker, BrokerUnavailable, find_mosquitto
+from .rig import Daemon
 
 if TYPE_CHECKING:  # the simulator loads numba: only when the demo runs, not for every command
     from .packsim import Fault, LoadProfile, PackSpec
@@ -93,8 +92,9 @@ def _faults(duration_s: float) -> list[Fault]:
     ]
 
 
-def _config(workdir: Path, ports: list[Path], broker: Broker | None) -> str:
-    lines = [f'[storage]\npath = "{workdir / "depot.db"}"\n', "[daemon]\ngap_settle_s = 10.0\n"]
+def _config(ports: list[Path], broker: Broker | None) -> str:
+    """The daemon's config but its [storage] (rig.Daemon writes that: workdir/depot.db)."""
+    lines = ["[daemon]\ngap_settle_s = 10.0\n"]
     # compressed time: days of insulation history pass in minutes, so the trend is fitted over
     # buckets of simulated minutes instead of hours
     lines.append("[alarms]\ntrend_bucket_s = 300.0\ntrend_window_s = 14400.0\n"
@@ -189,7 +189,7 @@ class Demo:
         self.forever = forever
         self.use_mqtt = use_mqtt
         self.broker: Broker | None = None
-        self.daemon: subprocess.Popen[bytes] | None = None
+        self.daemon: Daemon | None = None
         self.packs: list[DemoPack] = []
         self.ptys: list[tuple[int, int]] = []
 
@@ -219,13 +219,8 @@ class Demo:
         if self.use_vm:
             self.vm = VmPack(self.workdir, self.speed)
             ports.append(self.vm.port)
-        conf = self.workdir / "depot.toml"
-        conf.write_text(_config(self.workdir, ports, self.broker))
-        log = open(self.workdir / "daemon.log", "wb")  # the daemon's, for its whole life
-        self.daemon = subprocess.Popen(
-            [sys.executable, "-m", "packsentry.host.cli", "daemon", "--config", str(conf)],
-            stdout=log, stderr=subprocess.STDOUT)
-        self._wait_ready()
+        self.daemon = Daemon(self.workdir, _config(ports, self.broker))
+        self.daemon.start(60)
         for i, spec in enumerate(_specs(self.n)):
             board = PyBoard(BOARD_BASE + i, profile=Profile(
                 chemistry=spec.chemistry, n_cells=spec.cells_series,
@@ -242,18 +237,6 @@ class Demo:
             self.packs.append(DemoPack(f"pack {i + 1}", board, link, transport, []))
         if self.vm is not None:
             self.vm.start()
-
-    def _wait_ready(self) -> None:
-        assert self.daemon is not None
-        log = self.workdir / "daemon.log"
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            if b"ready:" in log.read_bytes():
-                return
-            if self.daemon.poll() is not None:
-                raise RuntimeError(f"the daemon did not start:\n{log.read_text()[-2000:]}")
-            time.sleep(0.1)
-        raise RuntimeError("the daemon did not get ready within 60 s")
 
     # -- the run -----------------------------------------------------------------------------
 
@@ -284,7 +267,7 @@ class Demo:
             if time.monotonic() >= next_show:
                 next_show += 1.0 if tty_out else 15.0  # a log gets a screen every 15 s
                 self.show(sim.t_s, clear=tty_out)
-            if self.daemon is not None and self.daemon.poll() is not None:
+            if self.daemon is not None and not self.daemon.alive():
                 print("the daemon stopped; see", self.workdir / "daemon.log", file=sys.stderr)
                 return 1
             time.sleep(TICK_S)
@@ -329,12 +312,8 @@ class Demo:
         for pack in self.packs:
             if pack.transport == "mqtt":
                 pack.link.close()
-        if self.daemon is not None and self.daemon.poll() is None:
-            self.daemon.send_signal(signal.SIGTERM)
-            try:
-                self.daemon.wait(30)
-            except subprocess.TimeoutExpired:
-                self.daemon.kill()
+        if self.daemon is not None:
+            self.daemon.stop()
         for master, slave in self.ptys:
             for fd in (master, slave):
                 try:

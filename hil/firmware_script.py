@@ -11,6 +11,8 @@ import math
 from pathlib import Path
 from typing import Any
 
+from .wiring import BQ_TRIM
+
 REPO = Path(__file__).resolve().parent.parent
 # what run_micropython(..., dirs=VM_DIRS) mounts: the firmware and the machine stand-in
 VM_DIRS = {"/firmware": REPO / "firmware", "/vboard": REPO / "hil" / "vboard"}
@@ -32,7 +34,7 @@ import app, config
 """
 
 # the cell monitor's registers (BQ769x0): 4 cells of 3.7 V (14-bit ADC counts), system OK
-BQ_REGS = {0x50: 0x0C, 0x59: 0xE0, 0x51: 0x00, 0x04: 0} | {
+BQ_REGS = BQ_TRIM | {
     0x0C + 2 * i: (9343 >> 8) for i in range(4)} | {0x0D + 2 * i: 9343 & 0xFF for i in range(4)}
 
 NULL_UART = """

@@ -36,7 +36,6 @@ import contextlib
 import json
 import math
 import socket
-import tempfile
 import threading
 import time
 from collections.abc import Callable, Mapping
@@ -45,7 +44,7 @@ from pathlib import Path
 from typing import Any
 
 from packsentry.host.commands import Commands
-from packsentry.protocol import codec
+from packsentry.protocol import codec, layout
 from packsentry.protocol.errors import ProtocolError
 from packsentry.protocol.stream import FrameReader, encode_stream_frame
 
@@ -59,8 +58,10 @@ from .rig import (
     _link_fault,
     _Timeline,
     expectation_checks,
+    prepare_workdir,
+    simulator,
 )
-from .scenario import Scenario, load_profile
+from .scenario import Scenario
 from .virtual_board import SerialLine
 from .wiring import BoardConfigError, board_config, parse_board_config
 
@@ -71,7 +72,7 @@ DRAIN_REAL_S = 10.0  # after the drain, how long to wait for the last acks
 # board's re-send after a rebirth starts within a second, and the run must not wait long
 # for the gap its frames from before the daemon leave
 GAP_SETTLE_S = 5.0
-U32_INVALID = 0xFFFFFFFF
+U32_INVALID = layout.markers("I")[1]
 TICK_MS = 1_000  # firmware/app.py: the board samples every second, or every sample period
 # config fields a scenario decides (through its pack and its [board] table): the board's
 # must match, or its alarms are not the scenario's
@@ -384,11 +385,7 @@ def run_real(sc: Scenario, *, port: str, config_file: Path | None, transport: st
         raise RigError("a physical board runs in real time: real-board mode runs at speed 1 "
                        "(leave out --speed and --cpu)")
     say = log or (lambda _m: None)
-    if workdir is None:
-        workdir = Path(tempfile.mkdtemp(prefix=f"hil-{sc.name}-board-"))
-    workdir.mkdir(parents=True, exist_ok=True)
-    for name in ("depot.db", "depot.db-wal", "depot.db-shm"):
-        (workdir / name).unlink(missing_ok=True)
+    workdir = prepare_workdir(sc, workdir, "board")
     cfg = check_board_config(sc, config_file, workdir)
     parsed = parse_board_config(cfg)
     board_id = parsed["board_id"]
@@ -397,10 +394,7 @@ def run_real(sc: Scenario, *, port: str, config_file: Path | None, transport: st
     tick_s = min(TICK_MS, parsed["sample_period_ms"]) / 1000
     result = RunResult(sc.name, f"serial ({port})", 1.0, 1.0, workdir=workdir)
 
-    from .packsim import Fault, LinkFaults, PackSim, PackSpec
-
-    sim = PackSim([PackSpec(**sc.pack)], seed=sc.seed, faults=[Fault(**f) for f in sc.faults],
-                  load=load_profile(sc.load))
+    sim = simulator(sc)
 
     def step() -> dict[str, Any]:
         r = sim.step(sc.feed_s if sim.t_s > 0 else 1e-3).to_board_units(0)
@@ -465,9 +459,7 @@ def run_real(sc: Scenario, *, port: str, config_file: Path | None, transport: st
             t_s = time.monotonic() - t0_real
             for what, f in timeline.due(t_s):
                 say(f"{_hms(t_s)} link fault {f.kind} {what}s")
-                _link_fault(what, f, line=line, broker=None, vb=None,  # type: ignore[arg-type]
-                            lf=LinkFaults(f.seed, f.drop, f.corrupt, f.duplicate, f.delay,
-                                          f.max_delay_s))
+                _link_fault(what, f, line=line, broker=None, vb=None)  # type: ignore[arg-type]
             if middle.failure or injector.error:
                 raise RigError(middle.failure or injector.error or "")
             if not daemon.alive():

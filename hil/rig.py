@@ -243,20 +243,14 @@ def run(sc: Scenario, *, transport: str = "serial", board: str = "virtual",
     speed = float(speed or sc.speed)
     cpu = float(cpu or sc.cpu or default_cpu(speed))
     say = log or (lambda _m: None)
-    if workdir is None:
-        workdir = Path(tempfile.mkdtemp(prefix=f"hil-{sc.name}-{transport}-"))
-    workdir.mkdir(parents=True, exist_ok=True)
-    for name in ("depot.db", "depot.db-wal", "depot.db-shm"):  # an earlier run's, if any
-        (workdir / name).unlink(missing_ok=True)
+    workdir = prepare_workdir(sc, workdir, transport)
     result = RunResult(sc.name, transport, speed, cpu, workdir=workdir)
 
     from .broker import Broker
-    from .packsim import Fault, LinkFaults, PackSim, PackSpec
+    from .packsim import PackSpec
 
-    spec = PackSpec(**sc.pack)
-    sim = PackSim([spec], seed=sc.seed, faults=[Fault(**f) for f in sc.faults],
-                  load=load_profile(sc.load))
-    pack = spec.birth_fields()
+    sim = simulator(sc)
+    pack = PackSpec(**sc.pack).birth_fields()
     line: SerialLine | None = None
     broker: Broker | None = None
     if transport == "serial":
@@ -341,9 +335,7 @@ def run(sc: Scenario, *, transport: str = "serial", board: str = "virtual",
             t_s = (report.board_ms - (start_k or 10**12) * feed_ms) / 1000  # scenario time
             for what, f in timeline.due(t_s):
                 say(f"{_hms(t_s)} link fault {f.kind} {what}s")
-                _link_fault(what, f, line=line, broker=broker, vb=vb,
-                            lf=LinkFaults(f.seed, f.drop, f.corrupt, f.duplicate, f.delay,
-                                          f.max_delay_s))
+                _link_fault(what, f, line=line, broker=broker, vb=vb)
             while sent < report.k + window and (start_k is None or sent < start_k + last_k):
                 sent += 1
                 vb.send(sent, feed(sent))
@@ -386,8 +378,26 @@ def run(sc: Scenario, *, transport: str = "serial", board: str = "virtual",
     return result
 
 
+def prepare_workdir(sc: Scenario, workdir: Path | None, tag: str) -> Path:
+    """The run's folder (a new temporary one if None), without an earlier run's database."""
+    if workdir is None:
+        workdir = Path(tempfile.mkdtemp(prefix=f"hil-{sc.name}-{tag}-"))
+    workdir.mkdir(parents=True, exist_ok=True)
+    for name in ("depot.db", "depot.db-wal", "depot.db-shm"):
+        (workdir / name).unlink(missing_ok=True)
+    return workdir
+
+
+def simulator(sc: Scenario) -> Any:
+    """The scenario's pack, faults and load as a packsim.PackSim."""
+    from .packsim import Fault, PackSim, PackSpec
+
+    return PackSim([PackSpec(**sc.pack)], seed=sc.seed, faults=[Fault(**f) for f in sc.faults],
+                   load=load_profile(sc.load))
+
+
 def _link_fault(what: str, f: LinkFault, *, line: SerialLine | None, broker: Any,
-                vb: VirtualBoard, lf: Any) -> None:
+                vb: VirtualBoard) -> None:
     start = what == "start"
     if f.kind == "serial_unplug" and line is not None:
         line.unplug() if start else line.plug()
@@ -396,7 +406,7 @@ def _link_fault(what: str, f: LinkFault, *, line: SerialLine | None, broker: Any
     elif f.kind == "wifi_down":
         vb.set_wifi(not start)
     elif f.kind == "frames" and line is not None:
-        line.faults = lf if start else None
+        line.faults = f.frame_faults() if start else None
 
 
 def _evaluate(sc: Scenario, result: RunResult, daemon: Daemon, vb: VirtualBoard,

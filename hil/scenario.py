@@ -12,6 +12,7 @@ midnight for the simulator's daily schedules).
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
 import math
 import tomllib
@@ -50,6 +51,13 @@ class LinkFault:
     delay: float = 0.0
     max_delay_s: float = 2.0
     seed: int = 1
+
+    def frame_faults(self) -> Any:
+        """A `frames` fault's packsim.LinkFaults."""
+        from .packsim import LinkFaults
+
+        return LinkFaults(self.seed, self.drop, self.corrupt, self.duplicate, self.delay,
+                          self.max_delay_s)
 
     @property
     def transport(self) -> str | None:
@@ -139,9 +147,8 @@ _SIM = {"seed", "load"}
 _DAEMON = {"toml"}
 _EXPECT = {"alarm", "board_alarm", "order", "soh", "only_expected", "allow",
            "pre_event_samples", "all_frames"}
-_ALARM = {"rule", "level", "earliest_s", "latest_s", "source", "event", "at_least", "why"}
-_LINK = {"kind", "start_s", "end_s", "drop", "corrupt", "duplicate", "delay",
-         "max_delay_s", "seed"}
+_ALARM = {f.name for f in dataclasses.fields(AlarmExpectation)}
+_LINK = {f.name for f in dataclasses.fields(LinkFault)}
 _SOH = {"unit", "min_pct", "max_pct"}
 _FAULT = {"kind", "start_s", "end_s", "cell", "probe", "params"}
 

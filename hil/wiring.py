@@ -35,11 +35,13 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
+from packsentry.protocol import layout
+
 FIRMWARE = Path(__file__).resolve().parent.parent / "firmware"
 ADC_MAX_UV = 3_300_000
 SCALE_ONE = 100_000  # firmware/intmath.py: a factor of SCALE_ONE multiplies by 1
-I16_ABNORMAL, I16_INVALID = 0x7FFE, 0x7FFF
-U16_ABNORMAL, U16_INVALID = 0xFFFE, 0xFFFF
+I16_ABNORMAL, I16_INVALID = layout.markers("h")  # the wire's markers, from the schema
+U16_ABNORMAL, U16_INVALID = layout.markers("H")
 RISO_AT_LEAST_KOHM = 65_533  # the field's top reading ("at least this much")
 INA226_ADDR, INA226_SHUNT_V, INA226_CONFIG = 0x40, 0x01, 0x00
 BQ_ADDR, BQ_VC1_HI = 0x08, 0x0C
@@ -218,8 +220,6 @@ class Wiring:
 @cache
 def _marker(name: str) -> int:
     """The lowest marker value (abnormal) of a sample field, from the wire schema."""
-    from packsentry.protocol import layout
-
     for seg in layout.payload_layout("sample").segments:
         for f in getattr(seg, "fields", ()):
             if f.name == name:

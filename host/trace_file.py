@@ -58,14 +58,19 @@ class TraceWriter:
         self.f.flush()
 
     def append(self, rx_ms: int, site: str, frame: bytes) -> None:
-        s = site.encode()[:255]
-        self.f.write(cobs.encode(_RX.pack(rx_ms, len(s)) + s + frame) + b"\0")
+        self.f.write(encode_record(rx_ms, site, frame))
         self.f.flush()  # in the kernel: a crash of this process loses nothing written
         if self.sync:
             os.fsync(self.f.fileno())
 
     def close(self) -> None:
         self.f.close()
+
+
+def encode_record(rx_ms: int, site: str, frame: bytes) -> bytes:
+    """One record, delimiter included (the format in the module docstring)."""
+    s = site.encode()[:255]
+    return cobs.encode(_RX.pack(rx_ms, len(s)) + s + frame) + b"\0"
 
 
 CHUNK_BYTES = 32 << 20  # read and decoded this much at a time: memory stays bounded
