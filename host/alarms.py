@@ -28,7 +28,8 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Callable, Mapping
+from collections import Counter
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, cast
 
@@ -49,6 +50,7 @@ _RISE_WINDOW_MS = 60_000  # rise rate: over the last minute ...
 _RISE_MIN_MS = 30_000  # ... or at least half of it
 _RISE_MAX_MS = 300_000  # a reference older than this is too coarse for a rate
 _RUN_MIN = 6  # on_run screens runs at least this long; shorter ones go sample by sample
+_FLEET_MIN = 4  # on_runs screens one-sample runs together when at least this many boards
 _DROP_WINDOW_MS = 60_000  # thermal event: voltage drop against the highest of the last minute
 _TREND_CLEAR_Z = 0.7  # a forecast clears when |z| falls below 70 % of trend_z ...
 _TREND_CLEAR_HORIZON = 1.5  # ... or its crossing moves beyond 1.5 x the horizon
@@ -344,6 +346,151 @@ class AlarmEngine:
             return out
         return self._take_quiet_run(b, p, ts, cols, quiet)
 
+    def on_runs(self, runs: Sequence[tuple[int, np.ndarray, Mapping[str, np.ndarray]]]
+                ) -> list[AlarmEvent]:
+        """on_run for each (board_id, ts_ms, cols) in turn: the same events, in the same
+        order. A fleet at 10 Hz gives each board one sample per micro-batch, too short for
+        on_run's screen, so the one-sample runs are screened together, across boards."""
+        once = Counter(board_id for board_id, _, _ in runs)
+        single = [i for i, (board_id, ts, _) in enumerate(runs)
+                  if len(ts) == 1 and once[board_id] == 1]
+        quiet = self._quiet_samples(runs, single) if len(single) >= _FLEET_MIN else {}
+        out: list[AlarmEvent] = []
+        for i, (board_id, ts, cols) in enumerate(runs):
+            q = quiet.get(i)
+            out += (self.on_run(board_id, ts, cols) if q is None
+                    else self._take_quiet_sample(board_id, int(ts[0]), q))
+        return out
+
+    def _quiet_samples(self, runs: Sequence[tuple[int, np.ndarray, Mapping[str, np.ndarray]]],
+                       single: list[int]) -> dict[int, tuple[Any, ...]]:
+        """Of the one-sample runs at `single`, those in which nothing can happen (as
+        _quiet_run, the tests hold them to on_sample), with what _take_quiet_sample needs."""
+        shelf_ms = min((t.shelved_until_ms for t in self._by_id.values()
+                        if t.shelved_until_ms is not None), default=None)
+        groups: dict[tuple[Any, ...], list[tuple[int, Any, ...]]] = {}
+        for i in single:
+            board_id, ts, cols = runs[i]
+            b, p = self._board(board_id)
+            t = int(ts[0])
+            if (b.last_sample_ms is not None and t <= b.last_sample_ms) or b.offline \
+                    or b.seq_gap_ms is not None or (shelf_ms is not None and t >= shelf_ms):
+                continue
+            if any(tr.host_level or tr.board_level or tr.latched or tr.active or tr.since_ms
+                   or tr.below_since_ms for tr in self._board_tracks.get(board_id, ())):
+                continue
+            n_probes, n_cells = cols["temps_dc"].shape[1], cols["cells_mv"].shape[1]
+            # the rise reference and the previous sample, as _remember will leave them
+            hist, n = b.hist, len(b.hist)
+            r = 0
+            while r + 1 < n and n + 1 - r > 2 and hist[r + 1][0] <= t - _RISE_WINDOW_MS:
+                r += 1
+            ref, prev = (hist[r], hist[-1]) if n else ([t, 0, [0] * n_probes],) * 2
+            if len(ref[2]) != n_probes or len(prev[2]) != n_probes or None in ref[2] \
+                    or None in prev[2]:
+                continue
+            # a probe rising at >= the thermal event's dT/dt (at 10 Hz one 0.1 K step does)
+            since = [-1 if x is None else x for x in (b.rising_since_ms + [None] * n_probes)]
+            steps = (b.rising_steps + [0] * n_probes)[:n_probes]
+            key = (p.chemistry, n_probes, n_cells, p.probe_cell)
+            groups.setdefault(key, []).append((i, b, p, t, n > 0, ref, prev,
+                                               since[:n_probes], steps))
+        out: dict[int, tuple[Any, ...]] = {}
+        for (chem, n_probes, n_cells, probe_cell), members in groups.items():
+            idx = [m[0] for m in members]
+            col = {k: np.concatenate([runs[i][2][k] for i in idx]) for k in
+                   ("pack_mv", "current_ma", "riso_pos_kohm", "riso_neg_kohm", "alarm_flags")}
+            temps = np.concatenate([runs[i][2]["temps_dc"] for i in idx]).astype(np.int64)
+            cells = np.concatenate([runs[i][2]["cells_mv"] for i in idx]).astype(np.int64)
+            ts = np.array([m[3] for m in members], np.int64)
+            has_ref = np.array([m[4] for m in members])
+            ref_ts = np.array([m[5][0] for m in members], np.int64)
+            prev_ts = np.array([m[6][0] for m in members], np.int64)
+            max_pack = np.array([m[2].max_pack_mv for m in members], np.float64)
+            fitted = np.array([m[2].riso_period_ms > 0 for m in members])
+            ok = (col["alarm_flags"] == 0) & (col["pack_mv"] < _MARKERS["pack_mv"][0]) & (
+                col["current_ma"] < _MARKERS["current_ma"][0])
+            riso = np.stack([col["riso_pos_kohm"], col["riso_neg_kohm"]], axis=1).astype(
+                np.int64)
+            marker = riso >= _MARKERS["riso_pos_kohm"][0]
+            ok &= ~(marker.any(axis=1) & (fitted | (
+                marker & (riso != _MARKERS["riso_pos_kohm"][1])).any(axis=1)))
+            has_riso = ~marker.all(axis=1)
+            r_min = np.where(marker, np.iinfo(np.int64).max, riso).min(axis=1)
+            ok &= ~has_riso | self._short_of(chem, "insulation", r_min * 1e6 / max_pack, True)
+            if n_probes:
+                ok &= temps.max(axis=1) < _MARKERS["temps_dc"][0]
+                ok &= self._short_of(chem, "temp_high", temps.max(axis=1).astype(np.float64))
+                on_cells = [j for j in range(n_probes)
+                            if j < len(probe_cell) and probe_cell[j] != NOT_ON_CELL]
+                group = on_cells if len(on_cells) >= 2 else list(range(n_probes))
+                if len(group) >= 2:
+                    g = temps[:, group]
+                    ok &= self._short_of(chem, "temp_spread",
+                                         (g.max(axis=1) - g.min(axis=1)).astype(np.float64))
+                ref_t = np.array([m[5][2] for m in members], np.int64).reshape(-1, n_probes)
+                prev_t = np.array([m[6][2] for m in members], np.int64).reshape(-1, n_probes)
+                dt = ts - ref_ts
+                rate_ok = has_ref & (dt >= _RISE_MIN_MS) & (dt <= _RISE_MAX_MS)
+                rises = ((temps - ref_t) * 60_000 / np.where(rate_ok, dt, 1)[:, None]).max(
+                    axis=1)
+                ok &= ~rate_ok | self._short_of(chem, "temp_rise_rate", rises, True)
+                lim_te = self.settings.limit(chem, "thermal_event")
+                if lim_te is not None:
+                    # _thermal_event's rising state; quiet while no rising probe has held
+                    # for hold_s yet (then nothing latches, whatever the temperature)
+                    pdt = ts - prev_ts
+                    step = has_ref & (pdt > 0)
+                    rate = (temps - prev_t) * 1000 / np.where(step, pdt, 1)[:, None]
+                    rate_min, hold_ms = lim_te.levels[4], lim_te.extra["hold_s"] * 1000
+                    rising = step[:, None] & (rate >= rate_min)
+                    since = np.array([m[7] for m in members], np.int64).reshape(-1, n_probes)
+                    since = np.where(since >= 0, since, prev_ts[:, None])
+                    ok &= ~(rising & (ts[:, None] - since >= hold_ms)).any(axis=1)
+                    ok &= ~(step[:, None] & (rate >= rate_min - 1e-9) & ~rising).any(axis=1)
+                    new_since = np.where(rising, since, -1).tolist()
+                    new_steps = np.where(rising, np.array([m[8] for m in members]).reshape(
+                        -1, n_probes) + 1, 0).tolist()
+            else:
+                rate_ok = np.zeros(len(idx), bool)
+            if not n_probes or lim_te is None:
+                new_since = new_steps = None
+            if n_cells:
+                c_max, c_min = cells.max(axis=1), cells.min(axis=1)
+                ok &= (c_max < _MARKERS["cells_mv"][0]) & self._short_of(
+                    chem, "cell_overvoltage", c_max.astype(np.float64)) & self._short_of(
+                    chem, "cell_undervoltage", c_min.astype(np.float64))
+                if n_cells >= 2:
+                    ok &= self._short_of(chem, "cell_spread", (c_max - c_min).astype(np.float64))
+            lists = (riso.tolist(), temps.tolist(), cells.tolist(), col["pack_mv"].tolist(),
+                     col["current_ma"].tolist(), r_min.tolist())
+            for j in np.flatnonzero(ok).tolist():
+                m = members[j]
+                rise = (m[3] - m[5][0], lists[1][j], m[5][2]) if rate_ok[j] else None
+                rising_now = None
+                if new_since is not None and m[4]:
+                    rising_now = ([None if x < 0 else x for x in new_since[j]], new_steps[j])
+                out[m[0]] = (m[1], m[2], lists[0][j] if has_riso[j] else None,
+                             lists[1][j], lists[2][j], lists[3][j], lists[4][j], lists[5][j],
+                             rise, rising_now)
+        return out
+
+    def _take_quiet_sample(self, board_id: int, ts_ms: int, q: tuple[Any, ...]
+                           ) -> list[AlarmEvent]:
+        """on_sample for a sample _quiet_samples passed: the readings, the rise history and
+        the forecasts' intervals."""
+        b, p, riso_row, temps, cells, pack_mv, current_ma, r_min, rise, rising = q
+        self._quiet_readings(b, p, ts_ms, ts_ms, riso_row, temps, cells, rise, False)
+        if rising is not None:
+            b.rising_since_ms, b.rising_steps = rising
+        self._remember(b, ts_ms, pack_mv, temps)
+        out: list[AlarmEvent] = []
+        if riso_row is not None:
+            out += self._trend_point(b, p, ts_ms, "insulation", r_min * 1e6 / p.max_pack_mv)
+        if temps and abs(current_ma) >= p.rated_mah * self.settings.in_use_c_rate:
+            out += self._trend_point(b, p, ts_ms, "temp_high", float(max(temps)))
+        return out
+
     def _quiet_run(self, b: _Board, p: BoardProfile, ts: np.ndarray,
                    cols: Mapping[str, np.ndarray]) -> dict[str, Any] | None:
         """What a quiet run leaves behind (the last readings, the rise references), or None
@@ -377,16 +524,7 @@ class AlarmEngine:
             return None
 
         def short_of(rule: str, values: np.ndarray, rounded: bool = False) -> bool:
-            """No value at or past the rule's lowest level. A margin: the per-sample path
-            compares values rounded to 0.1 for some rules (round() and numpy's rounding
-            differ at ties), and float noise for the rest."""
-            lim = self.settings.limit(p.chemistry, rule)
-            if lim is None or not len(values):
-                return True
-            thr = lim.levels[min(lim.levels)]
-            margin = (0.1 if rounded else 0.0) + 1e-6 * max(1.0, abs(thr))
-            return bool((values < thr - margin).all() if lim.above
-                        else (values >= thr + margin).all())
+            return bool(self._short_of(p.chemistry, rule, values, rounded).all())
 
         both = ~marker.any(axis=1)
         r_min = np.where(marker, np.iinfo(np.int64).max, riso).min(axis=1)
@@ -444,34 +582,43 @@ class AlarmEngine:
                 "temps": temps, "cells": cells, "h_ts": h_ts, "all_t": all_t, "ref": ref,
                 "rate_ok": rate_ok, "rises": rises, "n0": n0}
 
-    def _take_quiet_run(self, b: _Board, p: BoardProfile, ts: np.ndarray,
-                        cols: Mapping[str, np.ndarray], q: dict[str, Any]) -> list[AlarmEvent]:
-        """The state on_sample would leave after the run (no event can come of it, but the
-        insulation and temperature forecasts, whose intervals close on their own clock)."""
-        board_id, k, last = p.board_id, len(ts), int(ts[-1])
-        first = int(ts[0])
+    def _short_of(self, chemistry: str, rule: str, values: np.ndarray,
+                  rounded: bool = False) -> np.ndarray:
+        """Per value: short of the rule's lowest level. A margin: the per-sample path
+        compares values rounded to 0.1 for some rules (round() and numpy's rounding differ
+        at ties), and float noise for the rest."""
+        lim = self.settings.limit(chemistry, rule)
+        if lim is None:
+            return np.ones(np.shape(values), bool)
+        thr = lim.levels[min(lim.levels)]
+        margin = (0.1 if rounded else 0.0) + 1e-6 * max(1.0, abs(thr))
+        return values < thr - margin if lim.above else values >= thr + margin
+
+    def _quiet_readings(self, b: _Board, p: BoardProfile, first: int, last: int,
+                        riso_row: list[int] | None, temps_row: list[int],
+                        cells_row: list[int], rise: tuple[int, list[int], list[int]] | None,
+                        had_hist: bool) -> None:
+        """What on_sample leaves in the tracks after quiet samples from `first` to `last`:
+        the readings of the last one (riso_row: the last that measured insulation; rise:
+        (dt, temps, reference temps) of the last with a rise rate)."""
+        board_id = p.board_id
         b.last_sample_ms = last
         if not self.silence_on_host_clock:
             b.last_frame_ms = last if b.last_frame_ms is None else max(b.last_frame_ms, last)
         if b.first_sample_ms is None:
             b.first_sample_ms = first
-        has_riso = q["has_riso"]
-        if has_riso.any():
-            b.riso_seen = True
         b.flags = 0
         self._track(board_id, "sensor_fault", "").value = 0.0
-        # insulation: the last sample that measured it
         tr = self._track(board_id, "insulation", "")
-        if has_riso.any():
-            j = int(np.flatnonzero(has_riso)[-1])
-            known = [(int(r), i) for i, r in enumerate(q["riso"][j]) if r < _MARKERS[
-                "riso_pos_kohm"][0]]
+        if riso_row is not None:
+            b.riso_seen = True
+            known = [(r, i) for i, r in enumerate(riso_row) if r < _MARKERS["riso_pos_kohm"][0]]
             r_kohm, side = min(known)
             # (the detail the threshold's idle path leaves is "", one side or both)
             tr.value, tr.detail, tr.subject_index = round(r_kohm * 1e6 / p.max_pack_mv, 1), "", side
-        temps, n_probes = q["temps"], q["temps"].shape[1]
+        n_probes = len(temps_row)
         if n_probes:
-            row = temps[-1].tolist()
+            row = temps_row
             t_max, at = max((t, i) for i, t in enumerate(row))
             tr = self._track(board_id, "temp_high", "")
             tr.subject, tr.value, tr.detail, tr.subject_index = "probe", float(t_max), "", at
@@ -485,29 +632,23 @@ class AlarmEngine:
                 tr.value, tr.detail, tr.subject_index = float(hi - lo), "", hi_at
             tr = self._track(board_id, "temp_rise_rate", "")
             tr.subject = "probe"
-            rate_ok = q["rate_ok"]
-            if rate_ok.any():
-                j = int(np.flatnonzero(rate_ok)[-1])
-                c, r = q["n0"] + j, int(q["ref"][j])
-                dt = int(ts[j]) - int(q["h_ts"][r])
-                now_t, ref_t = q["all_t"][c].tolist(), q["all_t"][r].tolist()
-                rise, at = max(((t - f) * 60_000 / dt, i)
-                               for i, (t, f) in enumerate(zip(now_t, ref_t, strict=False)))
-                tr.value, tr.detail, tr.subject_index = round(rise, 1), "", at
+            if rise is not None:
+                dt, now_t, ref_t = rise
+                r, at = max(((t - f) * 60_000 / dt, i)
+                            for i, (t, f) in enumerate(zip(now_t, ref_t, strict=False)))
+                tr.value, tr.detail, tr.subject_index = round(r, 1), "", at
         else:
             for rule in ("temp_high", "temp_spread", "temp_rise_rate"):
                 self._track(board_id, rule, "")
             self._track(board_id, "temp_rise_rate", "").subject = "probe"
         tr = self._track(board_id, "thermal_event", "")
         tr.subject = "probe"
-        if self.settings.limit(p.chemistry, "thermal_event") is not None and \
-                q["n0"] + k >= 2:
+        if self.settings.limit(p.chemistry, "thermal_event") is not None and had_hist:
             b.rising_since_ms, b.rising_steps = [None] * n_probes, [0] * n_probes
-        cells = q["cells"]
-        if cells.shape[1]:
+        if cells_row:
             trs = [self._track(board_id, r, "") for r in
                    ("cell_overvoltage", "cell_undervoltage", "cell_spread")]
-            row = cells[-1].tolist()
+            row = cells_row
             v_max, v_min = max(row), min(row)
             for t in trs:
                 t.subject = "cell"
@@ -520,6 +661,25 @@ class AlarmEngine:
         else:
             for r in ("cell_overvoltage", "cell_undervoltage", "cell_spread"):
                 self._track(board_id, r, "")
+
+    def _take_quiet_run(self, b: _Board, p: BoardProfile, ts: np.ndarray,
+                        cols: Mapping[str, np.ndarray], q: dict[str, Any]) -> list[AlarmEvent]:
+        """The state on_sample would leave after the run (no event can come of it, but the
+        insulation and temperature forecasts, whose intervals close on their own clock)."""
+        k, last = len(ts), int(ts[-1])
+        has_riso, temps = q["has_riso"], q["temps"]
+        riso_row = None
+        if has_riso.any():
+            riso_row = q["riso"][int(np.flatnonzero(has_riso)[-1])].tolist()
+        rise = None
+        rate_ok = q["rate_ok"]
+        if temps.shape[1] and rate_ok.any():
+            j = int(np.flatnonzero(rate_ok)[-1])
+            c, r = q["n0"] + j, int(q["ref"][j])
+            rise = (int(ts[j]) - int(q["h_ts"][r]), q["all_t"][c].tolist(),
+                    q["all_t"][r].tolist())
+        self._quiet_readings(b, p, int(ts[0]), last, riso_row, temps[-1].tolist(),
+                             q["cells"][-1].tolist(), rise, q["n0"] + k >= 2)
         # the rise history as _remember leaves it after the last sample
         n0, all_t = q["n0"], q["all_t"]
         # only the entries that survive the trim become lists: the reference (the newest
@@ -536,7 +696,7 @@ class AlarmEngine:
         cur_ma = np.asarray(cols["current_ma"], np.int64)
         in_use = np.abs(cur_ma) >= p.rated_mah * self.settings.in_use_c_rate
         series = [("insulation", has_riso, trend_ins, False)]
-        if n_probes:
+        if temps.shape[1]:
             series.append(("temp_high", in_use, temps.max(axis=1).astype(np.float64), True))
         points: list[tuple[int, int, str, float]] = []  # (ts, order in on_sample, rule, worst)
         for order, (rule, mask, values, above) in enumerate(series):

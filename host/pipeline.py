@@ -452,25 +452,44 @@ class Processor:
         for (board, _), gaps in self.delivery.gaps.items():
             for g in gaps:
                 gap_progress[board] = max(gap_progress.get(board, g.progress_ms), g.progress_ms)
+        plan: list[tuple[BoardState, np.ndarray, dict[str, np.ndarray]]
+                   | tuple[BoardState, int, dict[str, Any]]] = []
         for bs in self.boards.values():
             if not (bs.held_runs or bs.held_alarms) or self._holding(bs, now, gap_progress):
                 continue
             runs, alarms = bs.held_runs, bs.held_alarms
             bs.held_runs, bs.held_alarms, bs.held_since_ms = [], [], None
-            self._evaluate_board(bs, runs, alarms, b)
+            self._plan_board(bs, runs, alarms, plan, b)
+        # the runs between board alarm frames go to the engine together (on_runs screens a
+        # fleet's one-sample runs at once), in the plan's order
+        runs_now: list[tuple[int, np.ndarray, dict[str, np.ndarray]]] = []
+        for bs, when, what in plan:
+            if isinstance(when, np.ndarray):
+                runs_now.append((bs.board_id, when, what))
+                continue
+            b.events += self.engine.on_runs(runs_now)
+            runs_now = []
+            b.events += self.engine.on_board_alarm(bs.board_id, when, what)
+        b.events += self.engine.on_runs(runs_now)
         for board_id, rx_ms in b.seen.items():
             b.events += self.engine.on_heard(board_id, rx_ms, b.report_ms.get(board_id))
         self._feed_estimator(b)
 
-    def _evaluate_board(self, bs: BoardState, runs: list[_Run],
-                        alarms: list[tuple[int, int, dict[str, Any]]], b: _Batch) -> None:
-        """A board's samples (in runs) and board alarm frames, in (ts, seq) order."""
+    def _plan_board(self, bs: BoardState, runs: list[_Run],
+                    alarms: list[tuple[int, int, dict[str, Any]]], plan: list[Any],
+                    b: _Batch) -> None:
+        """A board's samples (in runs) and board alarm frames, in (ts, seq) order, onto the
+        plan: (bs, ts_ms array, columns) for samples, (bs, ts_ms, payload) for an alarm."""
         shapes = {(r[2]["temps_dc"].shape[1], r[2]["cells_mv"].shape[1]) for r in runs}
         if len(shapes) > 1:  # the board changed its probes or cells: one run at a time
             for run in runs:
-                self._evaluate_board(bs, [run], [], b)
+                self._plan_board(bs, [run], [], plan, b)
             runs = []
-        if runs:
+        if len(runs) == 1 and len(runs[0][0]) == 1:  # the common case at a high fleet rate
+            ts, seq, cols = runs[0]
+            if int(ts[0]) <= bs.last_ts_ms:
+                ts, seq = ts[:0], seq[:0]
+        elif runs:
             ts = np.concatenate([r[0] for r in runs])
             seq = np.concatenate([r[1] for r in runs])
             cols = {k: np.concatenate([r[2][k] for r in runs]) for k in runs[0][2]}
@@ -487,17 +506,22 @@ class Processor:
         start = 0
         for a_ts, a_seq, payload in sorted(alarms, key=lambda a: (a[0], a[1])):
             end = int(np.count_nonzero((ts < a_ts) | ((ts == a_ts) & (seq < a_seq))))
-            self._run(bs, ts[start:end], {k: v[start:end] for k, v in cols.items()}, b)
+            self._plan_run(bs, ts[start:end], {k: v[start:end] for k, v in cols.items()},
+                           plan, b)
             start = max(start, end)
-            b.events += self.engine.on_board_alarm(bs.board_id, a_ts, payload)
-        self._run(bs, ts[start:], {k: v[start:] for k, v in cols.items()}, b)
+            plan.append((bs, a_ts, payload))
+        if start == 0:
+            self._plan_run(bs, ts, cols, plan, b)
+        else:
+            self._plan_run(bs, ts[start:], {k: v[start:] for k, v in cols.items()}, plan, b)
 
-    def _run(self, bs: BoardState, ts: np.ndarray, cols: dict[str, np.ndarray],
-             b: _Batch) -> None:
+    @staticmethod
+    def _plan_run(bs: BoardState, ts: np.ndarray, cols: dict[str, np.ndarray],
+                  plan: list[Any], b: _Batch) -> None:
         if not len(ts):
             return
         bs.last_ts_ms = int(ts[-1])
-        b.events += self.engine.on_run(bs.board_id, ts, cols)
+        plan.append((bs, ts, cols))
         b.soh.append((bs, ts, cols))
 
     @staticmethod

@@ -121,3 +121,83 @@ def test_the_quiet_path_is_taken_and_raises_nothing() -> None:
     ev = engine.on_run(prof.board_id, ts + k * 1000, hot)
     raised = [e for e in ev if e.rule == "temp_high" and e.event == "raised"]
     assert raised and raised[0].ts_ms == int(ts[150]) + k * 1000
+
+
+def fleet(seed: int, n_boards: int = 6) -> list[tuple[BoardProfile, np.ndarray,
+                                                      dict[str, np.ndarray]]]:
+    """n_boards boards' days (fleet_day's), as whole columns."""
+    out = []
+    for j in range(n_boards):
+        prof, runs = fleet_day(seed * 100 + j)
+        prof = dataclasses.replace(prof, board_id=100 + j)
+        ts = np.concatenate([r[0] for r in runs])
+        cols = {k: np.concatenate([r[1][k] for r in runs]) for k in runs[0][1]}
+        if j == 0 and prof.n_probes:  # heating at once: a dT/dt before any rise reference
+            # 1.6 K/s for 4 s, short of every other temperature rule, and the pack voltage
+            # down 32 %: a thermal event (L4) only the dT/dt hold can see
+            cols["temps_dc"][:5, 0] += np.arange(5) * 16
+            cols["pack_mv"][2:5] = 10_000
+        if j == 1 and prof.n_probes:  # a reading flickering by 1 K/s (0.1 K at 10 Hz does)
+            cols["temps_dc"][1::2, -1] += 10
+        out.append((prof, ts, cols))
+    return out
+
+
+@pytest.mark.parametrize("seed", range(8))
+def test_a_fleets_one_sample_runs_are_exactly_their_samples(seed: int) -> None:
+    """on_runs, the daemon's path: one sample per board per call, as a fleet at 10 Hz gives
+    the processor (now and then a longer run), against on_sample board after board."""
+    boards = fleet(seed)
+    ref, fast = AlarmEngine(SETTINGS), AlarmEngine(SETTINGS)
+    for prof, _, _ in boards:
+        ref.set_profile(prof)
+        fast.set_profile(prof)
+    rng = np.random.default_rng(seed)
+    n = len(boards[0][1])
+    at = [0] * len(boards)
+    while min(at) < n:
+        runs = []
+        for j, (prof, ts, cols) in enumerate(boards):
+            k = 1 if rng.random() < 0.9 else int(rng.choice([2, 7]))
+            lo, hi = at[j], min(at[j] + k, n)
+            at[j] = hi
+            if lo < hi:
+                runs.append((prof.board_id, ts[lo:hi], {c: v[lo:hi] for c, v in cols.items()}))
+        want: list[Any] = []
+        for board_id, ts, cols in runs:
+            for i in range(len(ts)):
+                want += ref.on_sample(board_id, int(ts[i]), {c: v[i].tolist()
+                                                             for c, v in cols.items()})
+        assert events(fast.on_runs(runs)) == events(want)
+        tick_ms = max(int(ts.max()) for _, ts, _ in runs) + 500
+        assert events(fast.tick(tick_ms)) == events(ref.tick(tick_ms))
+        assert state(fast) == state(ref)
+
+
+def test_a_quiet_fleet_is_screened_together() -> None:
+    """A healthy fleet's one-sample runs never reach on_sample; a crossing on one board
+    still raises at its sample's time."""
+    boards = fleet(0, n_boards=8)
+    engine = AlarmEngine(SETTINGS)
+    calls = []
+    for prof, _, _ in boards:
+        engine.set_profile(dataclasses.replace(prof, chemistry="nmc", n_cells=4, n_probes=2,
+                                               probe_cell=(0, 2), riso_period_ms=10_000))
+    real = engine.on_sample
+    engine.on_sample = lambda *a: calls.append(a) or real(*a)  # type: ignore[method-assign]
+
+    def cols(temp_dc: int) -> dict[str, np.ndarray]:
+        return {"pack_mv": np.full(1, 14_800), "current_ma": np.full(1, 2000),
+                "riso_pos_kohm": np.full(1, 5000), "riso_neg_kohm": np.full(1, 5000),
+                "alarm_level": np.zeros(1), "alarm_flags": np.zeros(1, np.int64),
+                "temps_dc": np.array([[250, temp_dc]]), "cells_mv": np.full((1, 4), 3700)}
+    for i in range(120):
+        ts = np.array([T0 + 1000 * i], np.int64)
+        hot = 650 if i >= 100 else 250
+        ev = engine.on_runs([(prof.board_id, ts, cols(hot if j == 3 else 250))
+                             for j, (prof, _, _) in enumerate(boards)])
+        if i == 100:
+            raised = [e for e in ev if e.rule == "temp_high" and e.event == "raised"]
+            assert [(e.board_id, e.ts_ms) for e in raised] == [(boards[3][0].board_id,
+                                                                 int(ts[0]))]
+    assert calls and {c[0] for c in calls} == {boards[3][0].board_id}
