@@ -406,36 +406,39 @@ class Processor:
         take[fresh] = True
         for s in dec.samples():
             rows = np.flatnonzero(take[s.frame])
-            if not len(rows):
-                continue
-            board = s.board_id[rows]
-            for board_id in np.unique(board).tolist():
-                mine = rows[board == board_id]
-                cols = {k: s.columns[k][mine] for k in SAMPLE_FIELDS}
-                self._take_samples(self.boards[board_id], s.boot[mine], s.seq[mine],
-                                   s.ts_ms[mine], rx_of[s.frame[mine]], s.flags[mine], cols, b)
+            if len(rows):
+                self._take_samples(s, rows, rx_of[s.frame[rows]], b)
 
-    def _take_samples(self, bs: BoardState, boot: Any, seq: np.ndarray, ts_ms: np.ndarray,
-                      rx_ms: np.ndarray, flags: np.ndarray, cols: dict[str, np.ndarray],
+    def _take_samples(self, s: batch.Samples, rows: np.ndarray, rx_ms: np.ndarray,
                       b: _Batch) -> None:
-        """Samples of one board as columns: storage rows, and (a known board's) a run for
-        the alarm engine and the estimator."""
-        k = len(seq)
-        temps = np.ascontiguousarray(cols["temps_dc"], "<i2").reshape(k, -1)
-        cells = np.ascontiguousarray(cols["cells_mv"], "<u2").reshape(k, -1)
+        """Samples of one layout as columns: the storage rows of them all, then a run per
+        known board for the alarm engine and the estimator (unknown boards' samples are
+        stored, not evaluated)."""
+        k = len(rows)
+        cols = {name: s.columns[name][rows] for name in SAMPLE_FIELDS}
+        cols["temps_dc"] = np.ascontiguousarray(cols["temps_dc"], "<i2").reshape(k, -1)
+        cols["cells_mv"] = np.ascontiguousarray(cols["cells_mv"], "<u2").reshape(k, -1)
+        board = s.board_id[rows]
+        ts, seq = s.ts_ms[rows].astype(np.int64), s.seq[rows].astype(np.int64)
         row_cols: dict[str, list[Any]] = {
-            "board_id": [bs.board_id] * k,
-            "boot": np.broadcast_to(np.asarray(boot), (k,)).tolist(),
-            "seq": seq.tolist(), "ts_ms": ts_ms.tolist(), "rx_ms": rx_ms.tolist(),
-            "flags": flags.tolist(), "temps_dc": [t.tobytes() for t in temps],
-            "cells_mv": [c.tobytes() for c in cells]}  # the blobs of storage.temps_blob
+            "board_id": board.tolist(), "boot": s.boot[rows].tolist(), "seq": seq.tolist(),
+            "ts_ms": ts.tolist(), "rx_ms": rx_ms.tolist(), "flags": s.flags[rows].tolist(),
+            # the blobs of storage.temps_blob
+            "temps_dc": [t.tobytes() for t in cols["temps_dc"]],
+            "cells_mv": [c.tobytes() for c in cols["cells_mv"]]}
         b.samples.extend(zip(*(row_cols[c] if c in row_cols else cols[c].tolist()
                                for c in SAMPLE_COLUMNS), strict=True))
         self.stats.samples += k
-        if bs.profile is not None:  # an unknown board's samples are stored, not evaluated
-            b.runs.setdefault(bs.board_id, []).append(
-                (np.asarray(ts_ms, np.int64), np.asarray(seq, np.int64),
-                 {**cols, "temps_dc": temps, "cells_mv": cells}))
+        # runs: the columns in board order once, then each board's slice (views)
+        order = np.argsort(board, kind="stable")
+        board, ts, seq = board[order], ts[order], seq[order]
+        cols = {name: v[order] for name, v in cols.items()}
+        cuts = np.flatnonzero(board[1:] != board[:-1]) + 1
+        for lo, hi in zip(np.r_[0, cuts].tolist(), np.r_[cuts, k].tolist(), strict=True):
+            bs = self.boards[int(board[lo])]
+            if bs.profile is not None:
+                b.runs.setdefault(bs.board_id, []).append(
+                    (ts[lo:hi], seq[lo:hi], {name: v[lo:hi] for name, v in cols.items()}))
 
     # -- evaluation in board-time order --------------------------------------------------------
 
@@ -557,8 +560,8 @@ class Processor:
             # no current, no coulomb count: nothing to learn from such a sample
             ok = cur < I32_MARK
             sec = np.concatenate([ts for _, ts, _ in runs])[ok] / 1000.0
-            units = np.concatenate([np.broadcast_to(bs.units, (kk, n)) for (bs, _, _), kk
-                                    in zip(runs, k_of, strict=True)])[ok]
+            # per run, then repeated per sample (one numpy call each, not one per run)
+            units = np.repeat(np.stack([bs.units for bs, _, _ in runs]), k_of, axis=0)[ok]
             temps = np.concatenate([c["temps_dc"] for _, _, c in runs]).astype(
                 np.float64).reshape(k, n_probes)[ok]
             k = int(ok.sum())
@@ -570,9 +573,8 @@ class Processor:
                     np.float64)[ok]
                 v = np.where(cells >= U16_MARK, np.nan, cells / 1000.0)
                 if n_probes:  # the probe on each cell, else the hottest stands in
-                    probe = np.concatenate([np.broadcast_to(bs.cell_probe[:n], (kk, n))
-                                            for (bs, _, _), kk in zip(runs, k_of,
-                                                                      strict=True)])[ok]
+                    probe = np.repeat(np.stack([bs.cell_probe[:n] for bs, _, _ in runs]),
+                                      k_of, axis=0)[ok]
                     on = np.take_along_axis(temps, np.clip(probe, 0, None), axis=1) / 10
                     tc = np.where(probe >= 0, on, t_hot[:, None])
                 else:
@@ -580,9 +582,8 @@ class Processor:
             else:
                 pack = np.concatenate([c["pack_mv"] for _, _, c in runs]).astype(
                     np.float64)
-                series = np.concatenate([np.full(kk, bs.profile.cells_series if bs.profile
-                                                 else 1) for (bs, _, _), kk
-                                         in zip(runs, k_of, strict=True)])
+                series = np.repeat([bs.profile.cells_series if bs.profile else 1
+                                    for bs, _, _ in runs], k_of)
                 v = np.where(pack >= U32_MARK, np.nan, pack / 1000.0 / series)[ok][:, None]
                 tc = t_hot[:, None]
             unit.append(units.ravel())
@@ -599,9 +600,13 @@ class Processor:
             seen[u] = True
         touched = np.flatnonzero(seen)
         board_of = self.unit_board[touched]
-        last = np.array([last_ts.get(int(bd), -1) for bd in board_of.tolist()], np.int64)
-        est = self.soh.estimates(touched)
-        updates = est["capacity_updates"].astype(np.int64)
+        # each unit's board's newest sample time (the boards sorted, looked up in numpy)
+        ids = np.fromiter(last_ts.keys(), np.int64, len(last_ts))
+        stamps_of = np.fromiter(last_ts.values(), np.int64, len(last_ts))
+        order = np.argsort(ids)
+        at = np.minimum(np.searchsorted(ids[order], board_of), len(ids) - 1)
+        last = np.where(ids[order][at] == board_of, stamps_of[order][at], -1)
+        updates = self.soh.capacity_updates(touched)
         changed = updates != self.unit_updates[touched]
         # a row when the capacity estimate moved, else one per estimate_every_ms per unit
         due = (board_of >= 0) & (last >= 0) & (
@@ -612,9 +617,10 @@ class Processor:
         units = touched[pick]
         self.unit_updates[units] = updates[pick]
         self.unit_stored_ms[units] = last[pick]
+        est = self.soh.estimates(units)  # only the rows to store: the RUL fits are not free
         keys = ("soc_pct", "capacity_ah", "capacity_sigma_ah", "soh_pct", "soh_sigma_pct",
                 "r0_mohm", "r0_sigma_mohm", "r0_growth_pct", "rul_days", "rul_efc", "efc")
-        values = [[None if np.isnan(x) else x for x in est[k][pick].tolist()] for k in keys]
+        values = [[None if np.isnan(x) else x for x in est[k].tolist()] for k in keys]
         cells = self.unit_cell[units].tolist()
         boards, stamps, moved = board_of[pick].tolist(), last[pick].tolist(), changed[pick].tolist()
         for j, (board, cell, ts) in enumerate(zip(boards, cells, stamps, strict=True)):

@@ -768,6 +768,10 @@ class SohBank:
             raise IndexError("unit index out of range")
         update_kernel(self._s, self._p, self._ocv, self._cfg, unit, *cols)
 
+    def capacity_updates(self, units: np.ndarray) -> np.ndarray:
+        """How often each unit's capacity estimate has moved (cheap: one field, no RUL)."""
+        return self._s[F_CAP_UPDATES, np.asarray(units, dtype=np.int64)].astype(np.int64)
+
     def estimates(self, units: np.ndarray | None = None) -> dict[str, np.ndarray]:
         """Current estimates for `units` (all when None), one array per key."""
         idx = np.arange(self._n) if units is None else np.asarray(units, dtype=np.int64)
