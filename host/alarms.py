@@ -50,7 +50,7 @@ _RISE_WINDOW_MS = 60_000  # rise rate: over the last minute ...
 _RISE_MIN_MS = 30_000  # ... or at least half of it
 _RISE_MAX_MS = 300_000  # a reference older than this is too coarse for a rate
 _RUN_MIN = 6  # on_run screens runs at least this long; shorter ones go sample by sample
-_FLEET_MIN = 4  # on_runs screens one-sample runs together when at least this many boards
+_FLEET_MIN = 4  # on_runs screens short runs together when at least this many boards
 _DROP_WINDOW_MS = 60_000  # thermal event: voltage drop against the highest of the last minute
 _TREND_CLEAR_Z = 0.7  # a forecast clears when |z| falls below 70 % of trend_z ...
 _TREND_CLEAR_HORIZON = 1.5  # ... or its crossing moves beyond 1.5 x the horizon
@@ -259,6 +259,8 @@ class AlarmEngine:
         self._dirty: set[int] = set()  # boards whose alarms moved since take_dirty()
         self._by_id: dict[int, _Track] = {}
         self._next_id = 1
+        self._shelves_changed = True  # _shelf_ms() recomputes (shelving is rare, samples not)
+        self._shelf_ms_cached: int | None = None
 
     # -- inputs ---------------------------------------------------------------------------------
 
@@ -348,29 +350,41 @@ class AlarmEngine:
 
     def on_runs(self, runs: Sequence[tuple[int, np.ndarray, Mapping[str, np.ndarray]]]
                 ) -> list[AlarmEvent]:
-        """on_run for each (board_id, ts_ms, cols) in turn: the same events, in the same
-        order. A fleet at 10 Hz gives each board one sample per micro-batch, too short for
-        on_run's screen, so the one-sample runs are screened together, across boards."""
+        """Many boards' runs (board_id, ts_ms, cols), each as on_run takes it: each board's
+        samples in order, the same events and state as on_sample for each. A fleet at 10 Hz
+        gives each board one or two samples per micro-batch, too few for on_run's screen, so
+        such short runs go in rounds (the first sample of every board, then the second, ...),
+        each round screened across boards at once. Events come in that order: the runs long
+        enough for on_run (and boards with more than one run) first, then round by round."""
         once = Counter(board_id for board_id, _, _ in runs)
-        single = [i for i, (board_id, ts, _) in enumerate(runs)
-                  if len(ts) == 1 and once[board_id] == 1]
-        quiet = self._quiet_samples(runs, single) if len(single) >= _FLEET_MIN else {}
+        short = [i for i, (board_id, ts, _) in enumerate(runs)
+                 if len(ts) < _RUN_MIN and once[board_id] == 1]
+        if len(short) < _FLEET_MIN:
+            short = []
         out: list[AlarmEvent] = []
+        fleet = set(short)
         for i, (board_id, ts, cols) in enumerate(runs):
-            q = quiet.get(i)
-            out += (self.on_run(board_id, ts, cols) if q is None
-                    else self._take_quiet_sample(board_id, int(ts[0]), q))
+            if i not in fleet:
+                out += self.on_run(board_id, ts, cols)
+        for j in range(max((len(runs[i][1]) for i in short), default=0)):
+            now = [i for i in short if len(runs[i][1]) > j]
+            one = [(runs[i][0], runs[i][1][j:j + 1], {k: v[j:j + 1] for k, v in
+                                                       runs[i][2].items()}) for i in now]
+            quiet = self._quiet_samples(one) if len(one) >= _FLEET_MIN else {}
+            for pos, (board_id, ts, cols) in enumerate(one):
+                q = quiet.get(pos)
+                out += (self.on_run(board_id, ts, cols) if q is None
+                        else self._take_quiet_sample(board_id, int(ts[0]), q))
         return out
 
-    def _quiet_samples(self, runs: Sequence[tuple[int, np.ndarray, Mapping[str, np.ndarray]]],
-                       single: list[int]) -> dict[int, tuple[Any, ...]]:
-        """Of the one-sample runs at `single`, those in which nothing can happen (as
-        _quiet_run, the tests hold them to on_sample), with what _take_quiet_sample needs."""
-        shelf_ms = min((t.shelved_until_ms for t in self._by_id.values()
-                        if t.shelved_until_ms is not None), default=None)
+    def _quiet_samples(self, runs: Sequence[tuple[int, np.ndarray, Mapping[str, np.ndarray]]]
+                       ) -> dict[int, tuple[Any, ...]]:
+        """Of one-sample runs of distinct boards, those in which nothing can happen (as
+        _quiet_run; the tests hold them to on_sample), by position, with what
+        _take_quiet_sample needs."""
+        shelf_ms = self._shelf_ms()
         groups: dict[tuple[Any, ...], list[tuple[int, Any, ...]]] = {}
-        for i in single:
-            board_id, ts, cols = runs[i]
+        for i, (board_id, ts, cols) in enumerate(runs):
             b, p = self._board(board_id)
             t = int(ts[0])
             if (b.last_sample_ms is not None and t <= b.last_sample_ms) or b.offline \
@@ -504,8 +518,7 @@ class AlarmEngine:
             if tr.host_level or tr.board_level or tr.latched or tr.active or tr.since_ms \
                     or tr.below_since_ms:
                 return None
-        if any(t.shelved_until_ms is not None and t.shelved_until_ms <= last
-               for t in self._by_id.values()):
+        if (shelf_ms := self._shelf_ms()) is not None and shelf_ms <= last:
             return None
         if cols["alarm_flags"].any():
             return None
@@ -870,6 +883,7 @@ class AlarmEngine:
             raise ValueError(f"{self._name(tr)}: shelving is limited to "
                              f"{self.settings.shelve_max_s / 3600:g} h")
         tr.shelved_until_ms = until_ms
+        self._shelves_changed = True
         return [self._emit(tr, "shelved", now_ms, tr.level, actor=actor, note=note,
                            until_ms=until_ms)]
 
@@ -955,6 +969,7 @@ class AlarmEngine:
         self._tracks = {}
         self._board_tracks = {}
         self._by_id = {}
+        self._shelves_changed = True
         for td in d["tracks"]:
             tr = _Track.from_dict(td)
             self._tracks[tr.key] = tr
@@ -1409,20 +1424,33 @@ class AlarmEngine:
     def _unshelve(self, tr: _Track, ts_ms: int, actor: str | None,
                   note: str | None) -> list[AlarmEvent]:
         tr.shelved_until_ms = None
+        self._shelves_changed = True
         if not tr.active:
             tr.acked = True  # cleared while shelved: nothing left for anyone to do
         return [self._emit(tr, "unshelved", ts_ms, tr.level, actor=actor, note=note,
                            close=not tr.active)]
 
+    def _shelf_ms(self) -> int | None:
+        """When the next shelving expires (None: nothing is shelved)."""
+        if self._shelves_changed:
+            # only open alarms can be shelved: _by_id is short, _tracks is not
+            self._shelf_ms_cached = min((t.shelved_until_ms for t in self._by_id.values()
+                                         if t.shelved_until_ms is not None), default=None)
+            self._shelves_changed = False
+        return self._shelf_ms_cached
+
     def _expire_shelves(self, now_ms: int) -> list[AlarmEvent]:
+        due = self._shelf_ms()
+        if due is None or now_ms < due:  # every sample asks: the answer is nearly always no
+            return []
         out: list[AlarmEvent] = []
-        # only open alarms can be shelved: _by_id is short, _tracks is not
         for tr in [t for t in self._by_id.values() if t.shelved_until_ms is not None
                    and now_ms >= t.shelved_until_ms]:
             out += self._unshelve(tr, now_ms, None, "shelving expired")
         return out
 
     def _close(self, tr: _Track) -> None:
+        self._shelves_changed |= tr.shelved_until_ms is not None
         if tr.alarm_id is not None:
             self._by_id.pop(tr.alarm_id, None)
         tr.alarm_id, tr.level, tr.boost = None, 0, 0

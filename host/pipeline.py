@@ -493,9 +493,12 @@ class Processor:
             if int(ts[0]) <= bs.last_ts_ms:
                 ts, seq = ts[:0], seq[:0]
         elif runs:
-            ts = np.concatenate([r[0] for r in runs])
-            seq = np.concatenate([r[1] for r in runs])
-            cols = {k: np.concatenate([r[2][k] for r in runs]) for k in runs[0][2]}
+            if len(runs) == 1:
+                ts, seq, cols = runs[0]
+            else:
+                ts = np.concatenate([r[0] for r in runs])
+                seq = np.concatenate([r[1] for r in runs])
+                cols = {k: np.concatenate([r[2][k] for r in runs]) for k in runs[0][2]}
             if len(runs) > 1 or (len(ts) > 1 and (np.diff(ts) < 0).any()):
                 order = np.lexsort((seq, ts))
                 ts, seq, cols = ts[order], seq[order], {k: v[order] for k, v in cols.items()}
