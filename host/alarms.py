@@ -367,9 +367,10 @@ class AlarmEngine:
             if i not in fleet:
                 out += self.on_run(board_id, ts, cols)
         for j in range(max((len(runs[i][1]) for i in short), default=0)):
-            now = [i for i in short if len(runs[i][1]) > j]
-            one = [(runs[i][0], runs[i][1][j:j + 1], {k: v[j:j + 1] for k, v in
-                                                       runs[i][2].items()}) for i in now]
+            one = [runs[i] if len(runs[i][1]) == 1 else  # (nearly always: no copy)
+                   (runs[i][0], runs[i][1][j:j + 1], {k: v[j:j + 1] for k, v in
+                                                      runs[i][2].items()})
+                   for i in short if len(runs[i][1]) > j]
             quiet = self._quiet_samples(one) if len(one) >= _FLEET_MIN else {}
             for pos, (board_id, ts, cols) in enumerate(one):
                 q = quiet.get(pos)

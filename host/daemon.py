@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import logging
 import os
-import queue
 import signal
 import socket
 import threading
@@ -29,6 +28,7 @@ from typing import Any
 
 from .alarms import AlarmEngine, AlarmEvent
 from .config import DaemonConfig
+from .ingest_queue import IngestQueue
 from .notify import Dispatcher, LogNotifier, MqttAlarmPublisher, WebhookNotifier
 from .pipeline import Inbound, Processor
 from .serial_source import SerialSource
@@ -48,7 +48,7 @@ class Daemon:
     def __init__(self, cfg: DaemonConfig) -> None:
         self.cfg = cfg
         self.stop = threading.Event()
-        self.queue: queue.Queue[Inbound] = queue.Queue(cfg.queue_size)
+        self.queue = IngestQueue(cfg.queue_size)
         self.queue_full = 0
         self._full_logged = 0.0
         self.sources: list[Any] = []
@@ -60,22 +60,19 @@ class Daemon:
     # -- sources' side -----------------------------------------------------------------------
 
     def put(self, item: Inbound) -> None:
-        try:
-            self.queue.put_nowait(item)
-            return
-        except queue.Full:
-            self.queue_full += 1
-            t = time.monotonic()
-            if t - self._full_logged > 10:
-                self._full_logged = t
-                log.warning("ingest queue full (%d frames): sources wait for the processor "
-                            "(%d times so far)", self.cfg.queue_size, self.queue_full)
-        while not self.stop.is_set():
-            try:
-                self.queue.put(item, timeout=0.5)
-                return
-            except queue.Full:
-                continue
+        self.put_many([item])
+
+    def put_many(self, items: list[Inbound]) -> None:
+        """What a source received, in order. A full queue makes the source wait."""
+        self.queue.put_many(items, self.stop, self._queue_is_full)
+
+    def _queue_is_full(self) -> None:
+        self.queue_full += 1
+        t = time.monotonic()
+        if t - self._full_logged > 10:
+            self._full_logged = t
+            log.warning("ingest queue full (%d frames): sources wait for the processor "
+                        "(%d times so far)", self.cfg.queue_size, self.queue_full)
 
     def _trace_thread(self, path: str) -> None:
         try:
@@ -105,7 +102,7 @@ class Daemon:
         if cfg.mqtt is not None:
             from .mqtt_source import MqttSource  # paho only when a broker is configured
 
-            self.mqtt = MqttSource(cfg.mqtt, self.put)
+            self.mqtt = MqttSource(cfg.mqtt, self.put_many)
             if cfg.mqtt_alarms:
                 publisher = MqttAlarmPublisher(self.mqtt.publish)
                 self.mqtt.on_connected = publisher.republish  # retained sets after an outage
@@ -177,7 +174,7 @@ class Daemon:
         next_retention = time.monotonic() + 60
         wait_s = cfg.batch_wait_ms / 1000
         while not self.stop.is_set():
-            batch = self._take(cfg.batch_max, wait_s)
+            batch = self.queue.take(cfg.batch_max, wait_s)
             if batch:
                 p.process(batch)
             t = time.monotonic()
@@ -202,42 +199,11 @@ class Daemon:
         A full queue means the sources are blocked with more behind them: judge no one."""
         if self.queue.full():
             return 0
-        try:
-            return self.queue.queue[0].rx_ms  # a peek; the deque is the queue's own
-        except IndexError:
-            return None
-
-    def _take(self, n: int, wait_s: float) -> list[Inbound]:
-        try:
-            first = self.queue.get(timeout=0.2)
-        except queue.Empty:
-            return []
-        batch = [first]
-        deadline = time.monotonic() + wait_s
-        while len(batch) < n:
-            try:
-                batch.append(self.queue.get_nowait())
-            except queue.Empty:
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    break
-                try:
-                    batch.append(self.queue.get(timeout=left))
-                except queue.Empty:
-                    break
-        return batch
+        return self.queue.oldest_rx_ms()
 
     def _drain(self) -> None:
         assert self.processor is not None
-        while True:
-            batch = []
-            try:
-                while len(batch) < self.cfg.batch_max:
-                    batch.append(self.queue.get_nowait())
-            except queue.Empty:
-                pass
-            if not batch:
-                return
+        while batch := self.queue.take(self.cfg.batch_max, 0.0, first_wait_s=0.0):
             self.processor.process(batch)
 
     def _heartbeat(self) -> None:

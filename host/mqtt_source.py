@@ -131,10 +131,10 @@ class _Client:
 
 
 class MqttSource:
-    def __init__(self, cfg: MqttConfig, put: Callable[[Inbound], None]) -> None:
+    def __init__(self, cfg: MqttConfig, put: Callable[[list[Inbound]], None]) -> None:
         self.cfg = cfg
         self.name = "mqtt"
-        self.put = put
+        self.put = put  # a batch at a time, in order
         self.connected = threading.Event()
         self.generation = 0
         self.received = 0
@@ -192,8 +192,7 @@ class MqttSource:
             except (EOFError, OSError):
                 break
             if item[0] == "msgs":
-                for msg in item[1]:
-                    self._deliver(msg)
+                self.put([x for msg in item[1] if (x := self._inbound(msg)) is not None])
             elif item[0] == "state":
                 self._state(*item[1:])
         conn.close()
@@ -236,6 +235,12 @@ class MqttSource:
             self.on_connected()
 
     def _deliver(self, msg: Message) -> None:
+        """One message (paho in a thread of this process)."""
+        if (item := self._inbound(msg)) is not None:
+            self.put([item])
+
+    def _inbound(self, msg: Message) -> Inbound | None:
+        """The frame a message carries, to queue (None: nothing to store, acknowledged)."""
         gen, mid, qos, topic, payload, rx = msg
         self.received += 1
         parts = topic.split("/")
@@ -252,19 +257,18 @@ class MqttSource:
 
         if len(parts) != 4 or parts[3] not in FRAME_LEAVES:
             puback()  # not ours to store; the subscription filter let it through
-            return
+            return None
         site, board, leaf = parts[1], parts[2], parts[3]
         if not payload:  # a retained message being cleared (the board's will, on connect)
             puback()
-            return
+            return None
         if leaf == "status" and payload == b"offline":
             if board.isdigit():
-                self.put(Inbound(b"", rx, self.name, site, link=self, on_stored=puback,
-                                 offline_board=int(board)))
-            else:
-                puback()
-            return
-        self.put(Inbound(payload, rx, self.name, site, link=self, on_stored=puback))
+                return Inbound(b"", rx, self.name, site, link=self, on_stored=puback,
+                               offline_board=int(board))
+            puback()
+            return None
+        return Inbound(payload, rx, self.name, site, link=self, on_stored=puback)
 
     def publish(self, topic: str, payload: bytes, qos: int = 1, retain: bool = False) -> None:
         if self._client is not None:
