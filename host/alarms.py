@@ -56,18 +56,7 @@ _TREND_CLEAR_Z = 0.7  # a forecast clears when |z| falls below 70 % of trend_z .
 _TREND_CLEAR_HORIZON = 1.5  # ... or its crossing moves beyond 1.5 x the horizon
 
 
-def _markers() -> dict[str, tuple[int, int]]:
-    """(abnormal, invalid) per sample field, from the wire schema (not retyped here)."""
-    out = {}
-    for seg in layout.payload_layout("sample").segments:
-        if isinstance(seg, layout.Fixed):
-            out.update({f.name: layout.markers(f.fmt) for f in seg.fields})
-        elif isinstance(seg, layout.IntArray):
-            out[seg.name] = layout.markers(seg.elem_fmt)
-    return out
-
-
-_MARKERS = _markers()
+_MARKERS = layout.sample_markers()  # from the wire schema, not retyped here
 _FLAGS = {name: int(mask) for name, mask in schema.AlarmFlags.flags.items()}
 
 

@@ -36,14 +36,11 @@ from .alarms import AlarmEngine, AlarmEvent, BoardProfile
 from .commands import MUST_SIGN, BoardLink, CommandError, Commands
 from .delivery import Delivery, GapChange
 from .soh import SohBank
+from .soh_rows import MARKS, fill_rows
 from .storage import SAMPLE_COLUMNS, Storage, now_ms
 
 log = logging.getLogger("packsentry.pipeline")
 
-U16_MARK = 0xFFFE  # >= : abnormal / invalid (GB/T 32960 markers)
-I16_MARK = 0x7FFE
-U32_MARK = 0xFFFF_FFFE
-I32_MARK = 0x7FFF_FFFE
 NO_CELL = 0xFFFF  # probe_cell: probe not on a cell
 
 STATE_EVERY_MS = 10_000  # estimator and alarm state saved at least this often (default)
@@ -555,52 +552,36 @@ class Processor:
                 continue  # from before a profile change
             shape = (bs.per_cell, n, cols["temps_dc"].shape[1])
             groups.setdefault(shape, []).append((bs, ts, cols))
-        unit, t_s, cell_v, current_a, temp_c = [], [], [], [], []
+        total = sum(len(ts) * n for (_, n, _), runs in groups.items() for _, ts, _ in runs)
+        unit = np.empty(total, np.int64)
+        t_s, cell_v, current_a, temp_c = (np.empty(total) for _ in range(4))
+        at = 0
         for (per_cell, n, n_probes), runs in groups.items():
             k_of = [len(ts) for _, ts, _ in runs]
-            k = sum(k_of)
-            cur = np.concatenate([c["current_ma"] for _, _, c in runs]).astype(np.int64)
-            # no current, no coulomb count: nothing to learn from such a sample
-            ok = cur < I32_MARK
-            sec = np.concatenate([ts for _, ts, _ in runs])[ok] / 1000.0
-            # per run, then repeated per sample (one numpy call each, not one per run)
-            units = np.repeat(np.stack([bs.units for bs, _, _ in runs]), k_of, axis=0)[ok]
-            temps = np.concatenate([c["temps_dc"] for _, _, c in runs]).astype(
-                np.float64).reshape(k, n_probes)[ok]
-            k = int(ok.sum())
-            temps[temps >= I16_MARK] = np.nan
-            hottest = np.where(np.isnan(temps), -np.inf, temps).max(axis=1, initial=-np.inf)
-            t_hot = np.where(np.isinf(hottest), np.nan, hottest / 10)
             if per_cell:
-                cells = np.concatenate([c["cells_mv"] for _, _, c in runs]).astype(
-                    np.float64)[ok]
-                v = np.where(cells >= U16_MARK, np.nan, cells / 1000.0)
-                if n_probes:  # the probe on each cell, else the hottest stands in
-                    probe = np.repeat(np.stack([bs.cell_probe[:n] for bs, _, _ in runs]),
-                                      k_of, axis=0)[ok]
-                    on = np.take_along_axis(temps, np.clip(probe, 0, None), axis=1) / 10
-                    tc = np.where(probe >= 0, on, t_hot[:, None])
-                else:
-                    tc = np.full((k, n), np.nan)
+                volt = np.concatenate([c["cells_mv"] for _, _, c in runs])
+                mark, series = MARKS["cells_mv"], np.ones(len(volt))
             else:
-                pack = np.concatenate([c["pack_mv"] for _, _, c in runs]).astype(
-                    np.float64)
-                series = np.repeat([bs.profile.cells_series if bs.profile else 1
+                volt = np.concatenate([c["pack_mv"] for _, _, c in runs])[:, None]
+                mark = MARKS["pack_mv"]
+                series = np.repeat([float(bs.profile.cells_series) if bs.profile else 1.0
                                     for bs, _, _ in runs], k_of)
-                v = np.where(pack >= U32_MARK, np.nan, pack / 1000.0 / series)[ok][:, None]
-                tc = t_hot[:, None]
-            unit.append(units.ravel())
-            t_s.append(np.repeat(sec, n))
-            cell_v.append(v.ravel())
-            current_a.append(np.repeat(cur[ok] / 1000.0, n))
-            temp_c.append(tc.ravel())
-        if not unit:
+            probe = (np.stack([bs.cell_probe[:n] for bs, _, _ in runs])
+                     if per_cell and n_probes else np.full((len(runs), n), -1, np.int64))
+            at = fill_rows(np.concatenate([ts for _, ts, _ in runs]),
+                           np.concatenate([c["current_ma"] for _, _, c in runs]),
+                           volt, mark, series,
+                           np.concatenate([c["temps_dc"] for _, _, c in runs]),
+                           np.repeat(np.arange(len(runs)), k_of),
+                           np.stack([bs.units for bs, _, _ in runs]), probe,
+                           unit, t_s, cell_v, current_a, temp_c, at,
+                           MARKS["current_ma"], MARKS["temps_dc"])
+        if not at:
             return
-        self.soh.update(np.concatenate(unit), np.concatenate(t_s), np.concatenate(cell_v),
-                        np.concatenate(current_a), np.concatenate(temp_c))
+        unit = unit[:at]
+        self.soh.update(unit, t_s[:at], cell_v[:at], current_a[:at], temp_c[:at])
         seen = np.zeros(len(self.unit_board), bool)  # np.unique sorts: this is O(n)
-        for u in unit:
-            seen[u] = True
+        seen[unit] = True
         touched = np.flatnonzero(seen)
         board_of = self.unit_board[touched]
         # each unit's board's newest sample time (the boards sorted, looked up in numpy)

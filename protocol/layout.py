@@ -236,6 +236,17 @@ def markers(fmt: str) -> tuple[int, int]:
     return top - 1, top
 
 
+def sample_markers() -> dict[str, tuple[int, int]]:
+    """(abnormal, invalid) per field of the sample payload, by name (arrays by theirs)."""
+    out = {}
+    for seg in payload_layout("sample").segments:
+        if isinstance(seg, Fixed):
+            out.update({f.name: markers(f.fmt) for f in seg.fields})
+        elif isinstance(seg, IntArray):
+            out[seg.name] = markers(seg.elem_fmt)
+    return out
+
+
 def _describe_layout(layout: Layout) -> list[str]:
     lines = []
     for seg in layout.segments:
