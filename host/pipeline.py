@@ -23,6 +23,7 @@ import json
 import logging
 from collections import Counter
 from collections.abc import Callable, Iterable
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -59,6 +60,7 @@ SAMPLE_FIELDS = tuple(c for c in SAMPLE_COLUMNS
                       if c not in ("board_id", "boot", "seq", "ts_ms", "rx_ms", "flags"))
 _Run = tuple[np.ndarray, np.ndarray, dict[str, np.ndarray]]  # ts_ms, seq, columns
 TIME_SYNC_EVERY_MS = 3_600_000
+SOH_THREAD_ROWS = 50_000  # estimator rows of a batch from which its own thread is worth it
 REBIRTH_EVERY_MS = 10_000  # at most one re-send request per board this often
 ACK_EVERY_MS = 500
 
@@ -132,6 +134,7 @@ class Processor:
         self.stats = Stats()
         self.boards: dict[int, BoardState] = {}
         self.soh = SohBank()
+        self._soh_thread = ThreadPoolExecutor(1, thread_name_prefix="soh")
         self.unit_board = np.zeros(0, np.int64)  # per estimator unit: its board, its cell
         self.unit_cell = np.zeros(0, np.int64)  # -1: the pack
         self.unit_updates = np.zeros(0, np.int64)  # capacity_updates when last stored
@@ -460,6 +463,7 @@ class Processor:
             runs, alarms = bs.held_runs, bs.held_alarms
             bs.held_runs, bs.held_alarms, bs.held_since_ms = [], [], None
             self._plan_board(bs, runs, alarms, plan, b)
+        self._start_estimator(b)  # the samples it needs are known now: it runs meanwhile
         # the runs between board alarm frames go to the engine together (on_runs screens a
         # fleet's one-sample runs at once), in the plan's order
         runs_now: list[tuple[int, np.ndarray, dict[str, np.ndarray]]] = []
@@ -473,7 +477,6 @@ class Processor:
         b.events += self.engine.on_runs(runs_now)
         for board_id, rx_ms in b.seen.items():
             b.events += self.engine.on_heard(board_id, rx_ms, b.report_ms.get(board_id))
-        self._feed_estimator(b)
 
     def _plan_board(self, bs: BoardState, runs: list[_Run],
                     alarms: list[tuple[int, int, dict[str, Any]]], plan: list[Any],
@@ -536,10 +539,12 @@ class Processor:
 
     # -- state of health -----------------------------------------------------------------------
 
-    def _feed_estimator(self, b: _Batch) -> None:
-        """One SohBank.update for the batch. The rows are built from the runs' columns, the
-        runs of one shape together (a thousand boards' runs of two samples each cost a
-        thousand times numpy's per-call overhead otherwise)."""
+    def _start_estimator(self, b: _Batch) -> None:
+        """One SohBank.update for the batch, its rows built from the runs' columns, the runs
+        of one shape together (a thousand boards' runs of two samples each cost a thousand
+        times numpy's per-call overhead otherwise). The row builder and the estimator's
+        kernel are compiled and release the GIL: a large batch runs them on the estimator's
+        thread, beside the storage of the same batch; _take_estimates waits for them."""
         if not b.soh:
             return
         last_ts: dict[int, int] = {}
@@ -555,7 +560,7 @@ class Processor:
         total = sum(len(ts) * n for (_, n, _), runs in groups.items() for _, ts, _ in runs)
         unit = np.empty(total, np.int64)
         t_s, cell_v, current_a, temp_c = (np.empty(total) for _ in range(4))
-        at = 0
+        jobs = []
         for (per_cell, n, n_probes), runs in groups.items():
             k_of = [len(ts) for _, ts, _ in runs]
             if per_cell:
@@ -568,18 +573,39 @@ class Processor:
                                     for bs, _, _ in runs], k_of)
             probe = (np.stack([bs.cell_probe[:n] for bs, _, _ in runs])
                      if per_cell and n_probes else np.full((len(runs), n), -1, np.int64))
-            at = fill_rows(np.concatenate([ts for _, ts, _ in runs]),
-                           np.concatenate([c["current_ma"] for _, _, c in runs]),
-                           volt, mark, series,
-                           np.concatenate([c["temps_dc"] for _, _, c in runs]),
-                           np.repeat(np.arange(len(runs)), k_of),
-                           np.stack([bs.units for bs, _, _ in runs]), probe,
-                           unit, t_s, cell_v, current_a, temp_c, at,
-                           MARKS["current_ma"], MARKS["temps_dc"])
+            jobs.append((np.concatenate([ts for _, ts, _ in runs]),
+                         np.concatenate([c["current_ma"] for _, _, c in runs]),
+                         volt, mark, series,
+                         np.concatenate([c["temps_dc"] for _, _, c in runs]),
+                         np.repeat(np.arange(len(runs)), k_of),
+                         np.stack([bs.units for bs, _, _ in runs]), probe))
+
+        def work() -> int:
+            at = 0
+            for job in jobs:
+                at = fill_rows(*job, unit, t_s, cell_v, current_a, temp_c, at,
+                               MARKS["current_ma"], MARKS["temps_dc"])
+            if at:
+                self.soh.update(unit[:at], t_s[:at], cell_v[:at], current_a[:at],
+                                temp_c[:at])
+            return at
+
+        if total >= SOH_THREAD_ROWS:
+            b.soh_job = (self._soh_thread.submit(work), unit, last_ts)
+        else:
+            b.soh_job = (_Done(work()), unit, last_ts)
+
+    def _take_estimates(self, b: _Batch) -> None:
+        """Waits for the batch's estimator update, then the estimates worth a row (and the
+        alarm engine's view of capacity fade and resistance growth)."""
+        if b.soh_job is None:
+            return
+        job, unit, last_ts = b.soh_job
+        b.soh_job = None
+        at = job.result()  # an error in the kernel is raised here, on the processor's thread
         if not at:
             return
         unit = unit[:at]
-        self.soh.update(unit, t_s[:at], cell_v[:at], current_a[:at], temp_c[:at])
         seen = np.zeros(len(self.unit_board), bool)  # np.unique sorts: this is O(n)
         seen[unit] = True
         touched = np.flatnonzero(seen)
@@ -629,9 +655,10 @@ class Processor:
         self._evaluate(b, now)
         st = self.storage
         with st.transaction():
-            st.insert_samples(b.samples)
+            st.insert_samples(b.samples)  # (the estimator's thread works meanwhile)
             st.insert_board_frames(b.board_frames)
             st.insert_rejected(b.rejected)
+            self._take_estimates(b)
             st.insert_estimates(b.estimates)
             st.upsert_boards([(board_id, b.seen.get(board_id, now),
                                {"site": self.boards[board_id].site, **fields})
@@ -841,6 +868,18 @@ class _Batch:
     runs: dict[int, list[_Run]] = field(default_factory=dict)
     alarms: dict[int, list[tuple[int, int, dict[str, Any]]]] = field(default_factory=dict)
     report_ms: dict[int, int] = field(default_factory=dict)  # per board: its newest frame's span
+    # the estimator's update under way: (its result, rows used, per board its newest time)
+    soh_job: tuple[Future[int] | _Done, np.ndarray, dict[int, int]] | None = None
+
+
+@dataclass(frozen=True)
+class _Done:
+    """An estimator update already done on the processor's thread (a small batch)."""
+
+    value: int
+
+    def result(self) -> int:
+        return self.value
 
 
 def _profile(b: dict[str, Any]) -> BoardProfile:
