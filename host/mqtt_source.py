@@ -253,7 +253,8 @@ class MqttSource:
             else:
                 with self._send_lock:
                     self._acks.append((gen, mid, qos))
-                self._acks_ready.set()
+                if not self._acks_ready.is_set():  # once per batch: set() takes a lock
+                    self._acks_ready.set()
 
         if len(parts) != 4 or parts[3] not in FRAME_LEAVES:
             puback()  # not ours to store; the subscription filter let it through
