@@ -422,6 +422,8 @@ class AlarmEngine:
             has_riso = ~marker.all(axis=1)
             r_min = np.where(marker, np.iinfo(np.int64).max, riso).min(axis=1)
             ok &= ~has_riso | self._short_of(chem, "insulation", r_min * 1e6 / max_pack, True)
+            new_since: list[list[int]] | None = None  # rising state after (None: as it was)
+            new_steps: list[list[int]] = []
             if n_probes:
                 ok &= temps.max(axis=1) < _MARKERS["temps_dc"][0]
                 ok &= self._short_of(chem, "temp_high", temps.max(axis=1).astype(np.float64))
@@ -457,8 +459,6 @@ class AlarmEngine:
                         -1, n_probes) + 1, 0).tolist()
             else:
                 rate_ok = np.zeros(len(idx), bool)
-            if not n_probes or lim_te is None:
-                new_since = new_steps = None
             if n_cells:
                 c_max, c_min = cells.max(axis=1), cells.min(axis=1)
                 ok &= (c_max < _MARKERS["cells_mv"][0]) & self._short_of(
@@ -1379,6 +1379,7 @@ class AlarmEngine:
                 tr.alarm_id = self._next_id
                 self._next_id += 1
                 self._by_id[tr.alarm_id] = tr
+                self._shelves_changed |= tr.shelved_until_ms is not None
             window_ms = self.settings.recurrence_window_s * 1000
             tr.raises_ms = [t for t in tr.raises_ms if ts_ms - t < window_ms] + [ts_ms]
             tr.boost = len(tr.raises_ms) // self.settings.recurrence_count

@@ -56,7 +56,9 @@ class IngestQueue:
                 if not self._items:
                     return []
             deadline = time.monotonic() + wait_s
-            while len(self._items) < n:
+            # (never more than the queue holds: a source waiting for room adds nothing until
+            # this batch is taken)
+            while len(self._items) < min(n, self.maxsize):
                 left = deadline - time.monotonic()
                 if left <= 0:
                     break

@@ -602,10 +602,10 @@ class Processor:
             return
         job, unit, last_ts = b.soh_job
         b.soh_job = None
-        at = job.result()  # an error in the kernel is raised here, on the processor's thread
-        if not at:
+        rows = job.result()  # an error in the kernel is raised here, on the processor's thread
+        if not rows:
             return
-        unit = unit[:at]
+        unit = unit[:rows]
         seen = np.zeros(len(self.unit_board), bool)  # np.unique sorts: this is O(n)
         seen[unit] = True
         touched = np.flatnonzero(seen)
@@ -614,8 +614,8 @@ class Processor:
         ids = np.fromiter(last_ts.keys(), np.int64, len(last_ts))
         stamps_of = np.fromiter(last_ts.values(), np.int64, len(last_ts))
         order = np.argsort(ids)
-        at = np.minimum(np.searchsorted(ids[order], board_of), len(ids) - 1)
-        last = np.where(ids[order][at] == board_of, stamps_of[order][at], -1)
+        pos = np.minimum(np.searchsorted(ids[order], board_of), len(ids) - 1)
+        last = np.where(ids[order][pos] == board_of, stamps_of[order][pos], -1)
         updates = self.soh.capacity_updates(touched)
         changed = updates != self.unit_updates[touched]
         # a row when the capacity estimate moved, else one per estimate_every_ms per unit
@@ -766,6 +766,7 @@ class Processor:
         b = _Batch()
         changes = self.delivery.settle(now)
         self._evaluate(b, now)  # what a stalled gap held back
+        self._take_estimates(b)  # (nothing to overlap here: wait for the estimator now)
         events = b.events + self.engine.tick(now, heard_until_ms)
         b.events = []
         actions = self.storage.pending_actions()

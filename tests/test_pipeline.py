@@ -312,3 +312,28 @@ def test_an_outage_backlog_is_evaluated_in_board_time_order(tmp_path: Path) -> N
     p.tick()
     last = p.storage.alarm_audit(hot["alarm_id"])[-1]
     assert (last["event"], last["ts_ms"]) == ("raised", T0 + 12_000)
+
+
+def test_samples_released_by_a_tick_get_their_estimates(tmp_path: Path) -> None:
+    """Samples held behind a gap that stalls are evaluated by tick(): the estimator takes them
+    there too, and their estimate rows are stored before tick() returns."""
+    clock = Clock()
+    p = Processor(Storage(tmp_path / "depot.db"), AlarmEngine(), keys={}, gap_settle_s=5,
+                  clock_ms=clock, estimate_every_s=1.0)
+    board = PyBoard(BOARD)
+    link = Recorder(board)
+    feed(p, link, board.birth())
+    for i in range(1, 4):
+        clock.ms = T0 + 1000 * i
+        feed(p, link, board.sample(ts_ms=clock.ms))
+    before = count(p, "estimates")
+    board.seq += 1  # a frame the host never gets: a gap opens, evaluation is held
+    for i in range(4, 7):
+        clock.ms = T0 + 1000 * i
+        feed(p, link, board.sample(ts_ms=clock.ms))
+    assert p.boards[BOARD].held_runs and count(p, "estimates") == before
+    clock.ms += 3000
+    p.tick()  # the gap stalled: the held samples are evaluated here
+    assert not p.boards[BOARD].held_runs
+    newest = p.storage.db.execute("SELECT max(ts_ms) FROM estimates").fetchone()[0]
+    assert count(p, "estimates") > before and newest == T0 + 6000
