@@ -31,7 +31,7 @@ import math
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, cast
+from typing import Any, NamedTuple, cast
 
 import numpy as np
 
@@ -231,6 +231,36 @@ class _Board:
         return cls(**d)
 
 
+class _Candidate(NamedTuple):
+    """A board's one-sample run that may be quiet, with its history as _remember will
+    leave it (what _quiet_samples screens)."""
+
+    pos: int  # in the runs
+    board: _Board
+    profile: BoardProfile
+    ts_ms: int
+    has_hist: bool  # a sample before it: a reference and a previous one exist
+    ref: list[Any]  # the rise reference [ts_ms, pack_mv, temps]
+    prev: list[Any]  # the previous sample, the same way
+    since_ms: list[int]  # the thermal event's rising state per probe (-1: not rising)
+    steps: list[int]
+
+
+class _QuietSample(NamedTuple):
+    """What on_sample would take from a quiet sample (see _take_quiet_sample)."""
+
+    board: _Board
+    profile: BoardProfile
+    riso_kohm: list[int] | None  # both sides, None if neither was measured
+    temps_dc: list[int]
+    cells_mv: list[int]
+    pack_mv: int
+    current_ma: int
+    r_min_kohm: int
+    rise: tuple[int, list[int], list[int]] | None  # (dt, temps, reference temps)
+    rising: tuple[list[int | None], list[int]] | None  # the thermal event's state after
+
+
 # -- the engine ---------------------------------------------------------------------------------
 
 
@@ -368,12 +398,12 @@ class AlarmEngine:
         return out
 
     def _quiet_samples(self, runs: Sequence[tuple[int, np.ndarray, Mapping[str, np.ndarray]]]
-                       ) -> dict[int, tuple[Any, ...]]:
+                       ) -> dict[int, _QuietSample]:
         """Of one-sample runs of distinct boards, those in which nothing can happen (as
         _quiet_run; the tests hold them to on_sample), by position, with what
         _take_quiet_sample needs."""
         shelf_ms = self._shelf_ms()
-        groups: dict[tuple[Any, ...], list[tuple[int, Any, ...]]] = {}
+        groups: dict[tuple[Any, ...], list[_Candidate]] = {}
         for i, (board_id, ts, cols) in enumerate(runs):
             b, p = self._board(board_id)
             t = int(ts[0])
@@ -397,21 +427,21 @@ class AlarmEngine:
             since = [-1 if x is None else x for x in (b.rising_since_ms + [None] * n_probes)]
             steps = (b.rising_steps + [0] * n_probes)[:n_probes]
             key = (p.chemistry, n_probes, n_cells, p.probe_cell)
-            groups.setdefault(key, []).append((i, b, p, t, n > 0, ref, prev,
-                                               since[:n_probes], steps))
-        out: dict[int, tuple[Any, ...]] = {}
+            groups.setdefault(key, []).append(_Candidate(i, b, p, t, n > 0, ref, prev,
+                                                         since[:n_probes], steps))
+        out: dict[int, _QuietSample] = {}
         for (chem, n_probes, n_cells, probe_cell), members in groups.items():
-            idx = [m[0] for m in members]
+            idx = [m.pos for m in members]
             col = {k: np.concatenate([runs[i][2][k] for i in idx]) for k in
                    ("pack_mv", "current_ma", "riso_pos_kohm", "riso_neg_kohm", "alarm_flags")}
             temps = np.concatenate([runs[i][2]["temps_dc"] for i in idx]).astype(np.int64)
             cells = np.concatenate([runs[i][2]["cells_mv"] for i in idx]).astype(np.int64)
-            ts = np.array([m[3] for m in members], np.int64)
-            has_ref = np.array([m[4] for m in members])
-            ref_ts = np.array([m[5][0] for m in members], np.int64)
-            prev_ts = np.array([m[6][0] for m in members], np.int64)
-            max_pack = np.array([m[2].max_pack_mv for m in members], np.float64)
-            fitted = np.array([m[2].riso_period_ms > 0 for m in members])
+            ts = np.array([m.ts_ms for m in members], np.int64)
+            has_ref = np.array([m.has_hist for m in members])
+            ref_ts = np.array([m.ref[0] for m in members], np.int64)
+            prev_ts = np.array([m.prev[0] for m in members], np.int64)
+            max_pack = np.array([m.profile.max_pack_mv for m in members], np.float64)
+            fitted = np.array([m.profile.riso_period_ms > 0 for m in members])
             ok = (col["alarm_flags"] == 0) & (col["pack_mv"] < _MARKERS["pack_mv"][0]) & (
                 col["current_ma"] < _MARKERS["current_ma"][0])
             riso = np.stack([col["riso_pos_kohm"], col["riso_neg_kohm"]], axis=1).astype(
@@ -434,8 +464,8 @@ class AlarmEngine:
                     g = temps[:, group]
                     ok &= self._short_of(chem, "temp_spread",
                                          (g.max(axis=1) - g.min(axis=1)).astype(np.float64))
-                ref_t = np.array([m[5][2] for m in members], np.int64).reshape(-1, n_probes)
-                prev_t = np.array([m[6][2] for m in members], np.int64).reshape(-1, n_probes)
+                ref_t = np.array([m.ref[2] for m in members], np.int64).reshape(-1, n_probes)
+                prev_t = np.array([m.prev[2] for m in members], np.int64).reshape(-1, n_probes)
                 dt = ts - ref_ts
                 rate_ok = has_ref & (dt >= _RISE_MIN_MS) & (dt <= _RISE_MAX_MS)
                 rises = ((temps - ref_t) * 60_000 / np.where(rate_ok, dt, 1)[:, None]).max(
@@ -450,12 +480,13 @@ class AlarmEngine:
                     rate = (temps - prev_t) * 1000 / np.where(step, pdt, 1)[:, None]
                     rate_min, hold_ms = lim_te.levels[4], lim_te.extra["hold_s"] * 1000
                     rising = step[:, None] & (rate >= rate_min)
-                    since = np.array([m[7] for m in members], np.int64).reshape(-1, n_probes)
+                    since = np.array([m.since_ms for m in members], np.int64).reshape(
+                        -1, n_probes)
                     since = np.where(since >= 0, since, prev_ts[:, None])
                     ok &= ~(rising & (ts[:, None] - since >= hold_ms)).any(axis=1)
                     ok &= ~(step[:, None] & (rate >= rate_min - 1e-9) & ~rising).any(axis=1)
                     new_since = np.where(rising, since, -1).tolist()
-                    new_steps = np.where(rising, np.array([m[8] for m in members]).reshape(
+                    new_steps = np.where(rising, np.array([m.steps for m in members]).reshape(
                         -1, n_probes) + 1, 0).tolist()
             else:
                 rate_ok = np.zeros(len(idx), bool)
@@ -470,16 +501,17 @@ class AlarmEngine:
                      col["current_ma"].tolist(), r_min.tolist())
             for j in np.flatnonzero(ok).tolist():
                 m = members[j]
-                rise = (m[3] - m[5][0], lists[1][j], m[5][2]) if rate_ok[j] else None
+                rise = (m.ts_ms - m.ref[0], lists[1][j], m.ref[2]) if rate_ok[j] else None
                 rising_now = None
-                if new_since is not None and m[4]:
+                if new_since is not None and m.has_hist:
                     rising_now = ([None if x < 0 else x for x in new_since[j]], new_steps[j])
-                out[m[0]] = (m[1], m[2], lists[0][j] if has_riso[j] else None,
-                             lists[1][j], lists[2][j], lists[3][j], lists[4][j], lists[5][j],
-                             rise, rising_now)
+                out[m.pos] = _QuietSample(m.board, m.profile,
+                                          lists[0][j] if has_riso[j] else None, lists[1][j],
+                                          lists[2][j], lists[3][j], lists[4][j], lists[5][j],
+                                          rise, rising_now)
         return out
 
-    def _take_quiet_sample(self, board_id: int, ts_ms: int, q: tuple[Any, ...]
+    def _take_quiet_sample(self, board_id: int, ts_ms: int, q: _QuietSample
                            ) -> list[AlarmEvent]:
         """on_sample for a sample _quiet_samples passed: the readings, the rise history and
         the forecasts' intervals."""
