@@ -322,11 +322,15 @@ class Processor:
             self._birth(bs, frame, item, b, now)
         elif msg_type in ("sample", "batch"):  # only what decode_batch left to the codec
             recs = [p] if msg_type == "sample" else p["samples"]
-            dt = [0] * len(recs) if msg_type == "sample" else [r["dt_ms"] for r in recs]
-            cols = {k: np.array([r[k] for r in recs]) for k in SAMPLE_FIELDS}
             k = len(recs)
-            self._take_samples(bs, boot, seq + np.arange(k), frame["ts_ms"] + np.array(dt),
-                               np.full(k, item.rx_ms), np.full(k, frame["flags"]), cols, b)
+            dt = np.array([r.get("dt_ms", 0) for r in recs], np.int64)
+            s = batch.Samples(p["n_probes"], p["n_cells"], np.zeros(k, np.int64),
+                              np.full(k, board_id), np.full(k, boot), seq + np.arange(k),
+                              frame["ts_ms"] + dt, np.full(k, frame["flags"]),
+                              {f: np.array([r[f] for r in recs]).reshape(k, -1)
+                               if f in ("temps_dc", "cells_mv") else np.array([r[f] for r in recs])
+                               for f in SAMPLE_FIELDS})
+            self._take_samples(s, np.arange(k), np.full(k, item.rx_ms), b)
         else:
             payload = {k: (v.hex() if isinstance(v, bytes) else v) for k, v in p.items()}
             b.board_frames.append((board_id, boot, seq, frame["ts_ms"], item.rx_ms, msg_type,
