@@ -402,16 +402,13 @@ class AlarmEngine:
         """Of one-sample runs of distinct boards, those in which nothing can happen (as
         _quiet_run; the tests hold them to on_sample), by position, with what
         _take_quiet_sample needs."""
-        shelf_ms = self._shelf_ms()
+        shelf_ms = self._shelf_ms()  # (once for all boards)
         groups: dict[tuple[Any, ...], list[_Candidate]] = {}
         for i, (board_id, ts, cols) in enumerate(runs):
             b, p = self._board(board_id)
             t = int(ts[0])
-            if (b.last_sample_ms is not None and t <= b.last_sample_ms) or b.offline \
-                    or b.seq_gap_ms is not None or (shelf_ms is not None and t >= shelf_ms):
-                continue
-            if any(tr.host_level or tr.board_level or tr.latched or tr.active or tr.since_ms
-                   or tr.below_since_ms for tr in self._board_tracks.get(board_id, ())):
+            if (b.last_sample_ms is not None and t <= b.last_sample_ms) \
+                    or not self._calm(b, board_id, t, shelf_ms):
                 continue
             n_probes, n_cells = cols["temps_dc"].shape[1], cols["cells_mv"].shape[1]
             # the rise reference and the previous sample, as _remember will leave them
@@ -430,7 +427,7 @@ class AlarmEngine:
             groups.setdefault(key, []).append(_Candidate(i, b, p, t, n > 0, ref, prev,
                                                          since[:n_probes], steps))
         out: dict[int, _QuietSample] = {}
-        for (chem, n_probes, n_cells, probe_cell), members in groups.items():
+        for (chem, n_probes, _, probe_cell), members in groups.items():
             idx = [m.pos for m in members]
             col = {k: np.concatenate([runs[i][2][k] for i in idx]) for k in
                    ("pack_mv", "current_ma", "riso_pos_kohm", "riso_neg_kohm", "alarm_flags")}
@@ -442,28 +439,11 @@ class AlarmEngine:
             prev_ts = np.array([m.prev[0] for m in members], np.int64)
             max_pack = np.array([m.profile.max_pack_mv for m in members], np.float64)
             fitted = np.array([m.profile.riso_period_ms > 0 for m in members])
-            ok = (col["alarm_flags"] == 0) & (col["pack_mv"] < _MARKERS["pack_mv"][0]) & (
-                col["current_ma"] < _MARKERS["current_ma"][0])
-            riso = np.stack([col["riso_pos_kohm"], col["riso_neg_kohm"]], axis=1).astype(
-                np.int64)
-            marker = riso >= _MARKERS["riso_pos_kohm"][0]
-            ok &= ~(marker.any(axis=1) & (fitted | (
-                marker & (riso != _MARKERS["riso_pos_kohm"][1])).any(axis=1)))
-            has_riso = ~marker.all(axis=1)
-            r_min = np.where(marker, np.iinfo(np.int64).max, riso).min(axis=1)
-            ok &= ~has_riso | self._short_of(chem, "insulation", r_min * 1e6 / max_pack, True)
+            ok, riso, has_riso, r_min = self._screen_rows(chem, probe_cell, col, temps, cells,
+                                                          max_pack, fitted)
             new_since: list[list[int]] | None = None  # rising state after (None: as it was)
             new_steps: list[list[int]] = []
             if n_probes:
-                ok &= temps.max(axis=1) < _MARKERS["temps_dc"][0]
-                ok &= self._short_of(chem, "temp_high", temps.max(axis=1).astype(np.float64))
-                on_cells = [j for j in range(n_probes)
-                            if j < len(probe_cell) and probe_cell[j] != NOT_ON_CELL]
-                group = on_cells if len(on_cells) >= 2 else list(range(n_probes))
-                if len(group) >= 2:
-                    g = temps[:, group]
-                    ok &= self._short_of(chem, "temp_spread",
-                                         (g.max(axis=1) - g.min(axis=1)).astype(np.float64))
                 ref_t = np.array([m.ref[2] for m in members], np.int64).reshape(-1, n_probes)
                 prev_t = np.array([m.prev[2] for m in members], np.int64).reshape(-1, n_probes)
                 dt = ts - ref_ts
@@ -490,13 +470,6 @@ class AlarmEngine:
                         -1, n_probes) + 1, 0).tolist()
             else:
                 rate_ok = np.zeros(len(idx), bool)
-            if n_cells:
-                c_max, c_min = cells.max(axis=1), cells.min(axis=1)
-                ok &= (c_max < _MARKERS["cells_mv"][0]) & self._short_of(
-                    chem, "cell_overvoltage", c_max.astype(np.float64)) & self._short_of(
-                    chem, "cell_undervoltage", c_min.astype(np.float64))
-                if n_cells >= 2:
-                    ok &= self._short_of(chem, "cell_spread", (c_max - c_min).astype(np.float64))
             lists = (riso.tolist(), temps.tolist(), cells.tolist(), col["pack_mv"].tolist(),
                      col["current_ma"].tolist(), r_min.tolist())
             for j in np.flatnonzero(ok).tolist():
@@ -534,57 +507,19 @@ class AlarmEngine:
         last = int(ts[-1])
         if len(ts) > 1 and (np.diff(ts) < 0).any():
             return None
-        if b.offline or b.seq_gap_ms is not None or any(x is not None for x in b.rising_since_ms):
-            return None
-        for tr in self._board_tracks.get(p.board_id, ()):
-            if tr.host_level or tr.board_level or tr.latched or tr.active or tr.since_ms \
-                    or tr.below_since_ms:
-                return None
-        if (shelf_ms := self._shelf_ms()) is not None and shelf_ms <= last:
-            return None
-        if cols["alarm_flags"].any():
+        if not self._calm(b, p.board_id, last) or any(x is not None for x in b.rising_since_ms):
             return None
         temps = np.asarray(cols["temps_dc"], np.int64).reshape(len(ts), -1)
         cells = np.asarray(cols["cells_mv"], np.int64).reshape(len(ts), -1)
-        if (temps.size and temps.max() >= _MARKERS["temps_dc"][0]) or \
-                (cells.size and cells.max() >= _MARKERS["cells_mv"][0]) or \
-                cols["pack_mv"].max() >= _MARKERS["pack_mv"][0] or \
-                cols["current_ma"].max() >= _MARKERS["current_ma"][0]:
-            return None  # a sensor fault, or a marker to tell apart: one at a time
-        riso = np.stack([np.asarray(cols["riso_pos_kohm"], np.int64),
-                         np.asarray(cols["riso_neg_kohm"], np.int64)], axis=1)
-        marker = riso >= _MARKERS["riso_pos_kohm"][0]
-        if marker.any() and (p.riso_period_ms > 0  # fitted: a fault, or the boot's grace
-                             or (riso[marker] != _MARKERS["riso_pos_kohm"][1]).any()):
+        ok, riso, has_riso, r_min = self._screen_rows(p.chemistry, p.probe_cell, cols, temps,
+                                                      cells, p.max_pack_mv, p.riso_period_ms > 0)
+        if not ok.all():
             return None
+        n_probes = temps.shape[1]
 
         def short_of(rule: str, values: np.ndarray, rounded: bool = False) -> bool:
             return bool(self._short_of(p.chemistry, rule, values, rounded).all())
 
-        both = ~marker.any(axis=1)
-        r_min = np.where(marker, np.iinfo(np.int64).max, riso).min(axis=1)
-        has_riso = ~marker.all(axis=1)
-        ohm_per_v = r_min[has_riso] * 1e6 / p.max_pack_mv
-        if not short_of("insulation", ohm_per_v, rounded=True):
-            return None
-        n_probes = temps.shape[1]
-        if n_probes:
-            if not short_of("temp_high", temps.max(axis=1).astype(np.float64)):
-                return None
-            on_cells = [i for i in range(n_probes)
-                        if i < len(p.probe_cell) and p.probe_cell[i] != NOT_ON_CELL]
-            group = on_cells if len(on_cells) >= 2 else list(range(n_probes))
-            if len(group) >= 2:
-                g = temps[:, group]
-                if not short_of("temp_spread", (g.max(axis=1) - g.min(axis=1)).astype(float)):
-                    return None
-        if cells.shape[1]:
-            c_max, c_min = cells.max(axis=1), cells.min(axis=1)
-            if not (short_of("cell_overvoltage", c_max.astype(float))
-                    and short_of("cell_undervoltage", c_min.astype(float))
-                    and (cells.shape[1] < 2
-                         or short_of("cell_spread", (c_max - c_min).astype(float)))):
-                return None
         # the rise references, as _remember keeps them, and the rates over them
         h_ts = np.array([h[0] for h in b.hist] + ts.tolist(), np.int64)
         h_temps = [h[2] for h in b.hist]
@@ -613,9 +548,64 @@ class AlarmEngine:
             rate_min = lim_te.levels[4]
             if ((rate >= rate_min - 1e-9) & (step & (prev_dt > 0))[:, None]).any():
                 return None
-        return {"riso": riso, "both": both, "has_riso": has_riso, "r_min": r_min,
+        return {"riso": riso, "has_riso": has_riso, "r_min": r_min,
                 "temps": temps, "cells": cells, "h_ts": h_ts, "all_t": all_t, "ref": ref,
                 "rate_ok": rate_ok, "rises": rises, "n0": n0}
+
+    def _calm(self, b: _Board, board_id: int, ts_ms: int, shelf_ms: int | None = None) -> bool:
+        """Nothing about the board can move at ts_ms but its readings: online, no open seq
+        gap, every rule idle, no shelving due."""
+        if b.offline or b.seq_gap_ms is not None:
+            return False
+        if any(tr.host_level or tr.board_level or tr.latched or tr.active or tr.since_ms
+               or tr.below_since_ms for tr in self._board_tracks.get(board_id, ())):
+            return False
+        due = self._shelf_ms() if shelf_ms is None else shelf_ms
+        return due is None or ts_ms < due
+
+    def _screen_rows(self, chemistry: str, probe_cell: tuple[int, ...],
+                     cols: Mapping[str, np.ndarray], temps: np.ndarray, cells: np.ndarray,
+                     max_pack_mv: float | np.ndarray, fitted: bool | np.ndarray
+                     ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """Per sample row (one board's run, or one sample each of many boards of one shape
+        and chemistry; max_pack_mv and fitted per row or for all): no board flag, no marker
+        to tell apart, every reading short of its rule's lowest level. Also the insulation
+        readings: (ok, riso (k, 2), has_riso, r_min)."""
+        ok = (np.asarray(cols["alarm_flags"]) == 0) \
+            & (np.asarray(cols["pack_mv"]) < _MARKERS["pack_mv"][0]) \
+            & (np.asarray(cols["current_ma"]) < _MARKERS["current_ma"][0])
+        riso = np.stack([np.asarray(cols["riso_pos_kohm"], np.int64),
+                         np.asarray(cols["riso_neg_kohm"], np.int64)], axis=1)
+        marker = riso >= _MARKERS["riso_pos_kohm"][0]
+        # a marker on a fitted monitor (a fault, or the boot's grace) or an ABNORMAL one:
+        # on_sample tells those apart
+        ok &= ~(marker.any(axis=1) & (fitted | (
+            marker & (riso != _MARKERS["riso_pos_kohm"][1])).any(axis=1)))
+        has_riso = ~marker.all(axis=1)
+        r_min = np.where(marker, np.iinfo(np.int64).max, riso).min(axis=1)
+        ok &= ~has_riso | self._short_of(chemistry, "insulation", r_min * 1e6 / max_pack_mv,
+                                         True)
+        n_probes = temps.shape[1]
+        if n_probes:
+            t_max = temps.max(axis=1)
+            ok &= (t_max < _MARKERS["temps_dc"][0]) & self._short_of(
+                chemistry, "temp_high", t_max.astype(np.float64))
+            on_cells = [j for j in range(n_probes)
+                        if j < len(probe_cell) and probe_cell[j] != NOT_ON_CELL]
+            group = on_cells if len(on_cells) >= 2 else list(range(n_probes))
+            if len(group) >= 2:
+                g = temps[:, group]
+                ok &= self._short_of(chemistry, "temp_spread",
+                                     (g.max(axis=1) - g.min(axis=1)).astype(np.float64))
+        if cells.shape[1]:
+            c_max, c_min = cells.max(axis=1), cells.min(axis=1)
+            ok &= (c_max < _MARKERS["cells_mv"][0]) & self._short_of(
+                chemistry, "cell_overvoltage", c_max.astype(np.float64)) & self._short_of(
+                chemistry, "cell_undervoltage", c_min.astype(np.float64))
+            if cells.shape[1] >= 2:
+                ok &= self._short_of(chemistry, "cell_spread",
+                                     (c_max - c_min).astype(np.float64))
+        return ok, riso, has_riso, r_min
 
     def _short_of(self, chemistry: str, rule: str, values: np.ndarray,
                   rounded: bool = False) -> np.ndarray:

@@ -492,11 +492,10 @@ class Processor:
             for run in runs:
                 self._plan_board(bs, [run], [], plan, b)
             runs = []
-        if len(runs) == 1 and len(runs[0][0]) == 1:  # the common case at a high fleet rate
-            ts, seq, cols = runs[0]
-            if int(ts[0]) <= bs.last_ts_ms:
-                ts, seq = ts[:0], seq[:0]
-        elif runs:
+        if not runs:
+            ts = seq = np.zeros(0, np.int64)
+            cols = {}
+        else:
             if len(runs) == 1:
                 ts, seq, cols = runs[0]
             else:
@@ -506,13 +505,12 @@ class Processor:
             if len(runs) > 1 or (len(ts) > 1 and (np.diff(ts) < 0).any()):
                 order = np.lexsort((seq, ts))
                 ts, seq, cols = ts[order], seq[order], {k: v[order] for k, v in cols.items()}
-            # newer than what was evaluated, one per time stamp (older: a re-send too late)
-            keep = ts > np.maximum(bs.last_ts_ms, np.r_[bs.last_ts_ms, ts[:-1]])
+            # newer than what was evaluated, one per time stamp (older: a re-send too late);
+            # a single sample, the common case at a high fleet rate, is a plain comparison
+            keep = (ts[:1] > bs.last_ts_ms if len(ts) == 1 else
+                    ts > np.maximum(bs.last_ts_ms, np.r_[bs.last_ts_ms, ts[:-1]]))
             if not keep.all():
                 ts, seq, cols = ts[keep], seq[keep], {k: v[keep] for k, v in cols.items()}
-        else:
-            ts = seq = np.zeros(0, np.int64)
-            cols = {}
         start = 0
         for a_ts, a_seq, payload in sorted(alarms, key=lambda a: (a[0], a[1])):
             end = int(np.count_nonzero((ts < a_ts) | ((ts == a_ts) & (seq < a_seq))))
@@ -595,9 +593,11 @@ class Processor:
             return at
 
         if total >= SOH_THREAD_ROWS:
-            b.soh_job = (self._soh_thread.submit(work), unit, last_ts)
-        else:
-            b.soh_job = (_Done(work()), unit, last_ts)
+            job = self._soh_thread.submit(work)
+        else:  # a small batch: not worth a thread's hand-over
+            job = Future()
+            job.set_result(work())
+        b.soh_job = (job, unit, last_ts)
 
     def _take_estimates(self, b: _Batch) -> None:
         """Waits for the batch's estimator update, then the estimates worth a row (and the
@@ -874,17 +874,7 @@ class _Batch:
     alarms: dict[int, list[tuple[int, int, dict[str, Any]]]] = field(default_factory=dict)
     report_ms: dict[int, int] = field(default_factory=dict)  # per board: its newest frame's span
     # the estimator's update under way: (its result, rows used, per board its newest time)
-    soh_job: tuple[Future[int] | _Done, np.ndarray, dict[int, int]] | None = None
-
-
-@dataclass(frozen=True)
-class _Done:
-    """An estimator update already done on the processor's thread (a small batch)."""
-
-    value: int
-
-    def result(self) -> int:
-        return self.value
+    soh_job: tuple[Future[int], np.ndarray, dict[int, int]] | None = None
 
 
 def _profile(b: dict[str, Any]) -> BoardProfile:

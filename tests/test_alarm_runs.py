@@ -46,6 +46,8 @@ def fleet_day(seed: int) -> tuple[BoardProfile, list[tuple[np.ndarray, dict[str,
     temps = np.clip(temps, -400, 2000)
     cells = (3700 if prof.chemistry == "nmc" else 3300) + rng.integers(-5, 6, (n, n_cells))
     cells[excursion] += int(rng.choice([-800, 600]))
+    if n_cells >= 2:  # one cell drifting from the rest: the spread rule alone
+        cells[rng.random(n) < 0.01 * odd, 0] += 150
     decay = np.linspace(5000, int(rng.choice([4000, 4000, 50])), n).astype(np.int64)
     riso = np.stack([decay + rng.integers(0, 300, n), decay + 400], axis=1)
     if prof.riso_period_ms == 0:
