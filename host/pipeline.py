@@ -887,8 +887,3 @@ def _profile(b: dict[str, Any]) -> BoardProfile:
                         sample_period_ms=b["sample_period_ms"],
                         riso_period_ms=b["riso_period_ms"] or 0, n_probes=b["n_probes"],
                         n_cells=b["n_cells"], probe_cell=tuple(probe_cell))
-
-
-def _num(x: Any) -> float | None:
-    f = float(x)
-    return None if np.isnan(f) else f
