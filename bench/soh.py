@@ -72,15 +72,13 @@ def make_fleet(n_cells: int, seed: int = 6) -> dict[str, Any]:
 
 
 def make_bank(chem: np.ndarray) -> SohBank:
-    """A bank of len(chem) units (state tiled from one unit per chemistry: fast set-up)."""
-    cols = []
-    for c in (ocv.CHEM_NMC, ocv.CHEM_LFP):
-        b = SohBank()
-        b.add(ocv.CHEMISTRIES[c], RATED_AH)
-        cols.append(b.state())
-    state = dict(cols[0])
-    state["s"] = np.where(chem == ocv.CHEM_NMC, cols[0]["s"], cols[1]["s"])
-    return SohBank.from_state(state)
+    """A bank of len(chem) units, grown one add() at a time as the daemon grows its bank when
+    boards are born (its memory layout is the daemon's: a bank sized once would hide a
+    layout that only growth produces, as it once did)."""
+    bank = SohBank()
+    for c in chem:
+        bank.add(ocv.CHEMISTRIES[int(c)], RATED_AH)
+    return bank
 
 
 class Feeder:

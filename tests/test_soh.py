@@ -389,6 +389,27 @@ def test_state_round_trip_continues_identically() -> None:
     assert len(b) == 2
 
 
+def test_growth_keeps_units_and_spreads_fields_over_cache_sets() -> None:
+    """A bank grown by add() (the daemon's way) past several re-allocations keeps every unit,
+    and its rows never have a power-of-two length: a unit's fields then all fall in one cache
+    set, which made a cell-update 4-6x slower (bench/soh.py's banks were sized exactly and
+    never showed it)."""
+    t, current = step_profile(5)
+    v, _ = simulate("nmc", 2.0, 0.03, t, current, z0=0.7, noise_v=0.001)
+    lone = SohBank()
+    lone.add("nmc", 2.0)
+    feed(lone, 0, t, v, current)
+    bank = SohBank(capacity=1)
+    for _ in range(1300):
+        bank.add("nmc", 2.0)
+        assert bank._s.shape[1] % 512 == 8
+    feed(bank, 1299, t, v, current)
+    assert len(bank) == 1300
+    np.testing.assert_array_equal(bank.state()["s"][:, 1299], lone.state()["s"][:, 0])
+    np.testing.assert_array_equal(bank.state()["s"][:, 0], bank.state()["s"][:, 1298])
+    assert SohBank.from_state(bank.state())._s.shape[1] % 512 == 8
+
+
 def test_chunking_does_not_change_the_result() -> None:
     t, current, v, _ = cutoff_cycles(Cell("nmc", 1.8, 0.03), "nmc", 1)
     banks = []
