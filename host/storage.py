@@ -121,6 +121,9 @@ ESTIMATE_COLUMNS = ("board_id", "unit", "ts_ms", "soc_pct", "capacity_ah", "capa
                     "rul_days", "rul_efc", "efc")
 
 
+WRITER_CACHE_KIB = 16 * 1024  # the writer's page cache
+
+
 class StorageError(Exception):
     pass
 
@@ -163,6 +166,10 @@ class Storage:
             if not readonly:
                 self.db.execute("PRAGMA journal_mode = WAL")
                 self.db.execute(f"PRAGMA synchronous = {synchronous.upper()}")
+                # A micro-batch of batch frames writes ~20 000 sample rows (~6 MB with the
+                # time index): with SQLite's default 2 MB page cache its dirty pages spill to
+                # the WAL mid-transaction and are read back (7.9 us a row; 5.7 with 16 MiB).
+                self.db.execute(f"PRAGMA cache_size = -{WRITER_CACHE_KIB}")
                 self.migrate()
             else:
                 self._check_version()
