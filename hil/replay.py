@@ -183,7 +183,8 @@ def replay(path: str | Path, *, db: str | Path | None = None,
             break
     with tempfile.TemporaryDirectory(prefix="packsentry-replay-") as tmp:
         storage = Storage(db if db is not None else Path(tmp) / "replay.db",
-                          synchronous="normal" if db is not None else "off")
+                          synchronous="normal" if db is not None else "off",
+                          background_checkpoint=True)
         try:
             return _Replay(head, records, path, storage, keys or {}, settings or AlarmSettings(),
                            gap_settle_s, estimate_every_s, batch_s, batch_max, speed,

@@ -93,7 +93,8 @@ class Daemon:
 
     def start(self) -> None:
         cfg = self.cfg
-        self.storage = Storage(cfg.storage.path, synchronous=cfg.storage.synchronous)
+        self.storage = Storage(cfg.storage.path, synchronous=cfg.storage.synchronous,
+                               background_checkpoint=True)
         notifiers: list[Any] = []
         if cfg.log_alarms:
             notifiers.append(LogNotifier())

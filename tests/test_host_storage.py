@@ -50,6 +50,31 @@ def test_a_failed_transaction_leaves_nothing(tmp_path: Path) -> None:
     assert st.count("samples") == 0
 
 
+def test_background_checkpointer_moves_the_wal_into_the_database(tmp_path: Path) -> None:
+    """The daemon's storage checkpoints on a thread of its own: the writer's automatic
+    checkpoint only comes at FALLBACK_CHECKPOINT_PAGES (64 MiB), far above what is written
+    here, so only the checkpointer can bring these rows into the database file."""
+    import os
+    import time
+
+    path = tmp_path / "c.db"
+    st = Storage(path, background_checkpoint=True)
+    assert st.db.execute("PRAGMA wal_autocheckpoint").fetchone()[0] == 16_384
+    before = os.path.getsize(path)
+    with st.transaction():
+        st.insert_samples([sample(i, 1000 * i, board=b) for b in range(20) for i in range(100)])
+    deadline = time.monotonic() + 30
+    while os.path.getsize(path) < before + 200_000 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert os.path.getsize(path) >= before + 200_000, "nothing checkpointed into the file"
+    thread = st._checkpointer._thread
+    st.close()
+    assert not thread.is_alive()
+    again = Storage(path, readonly=True)
+    assert again.count("samples") == 2000
+    again.close()
+
+
 def test_readonly_refuses_missing_and_newer_databases(tmp_path: Path) -> None:
     with pytest.raises(StorageError, match="no database"):
         Storage(tmp_path / "none.db", readonly=True)
