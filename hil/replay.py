@@ -33,7 +33,7 @@ from packsentry.host.alarm_settings import AlarmSettings
 from packsentry.host.alarms import AlarmEngine, AlarmEvent
 from packsentry.host.config import ConfigError, DaemonConfig
 from packsentry.host.config import load as load_config
-from packsentry.host.pipeline import Inbound, Processor
+from packsentry.host.pipeline import Inbound, Processor, collect_rarely
 from packsentry.host.storage import Storage
 from packsentry.host.trace_file import TraceError
 from packsentry.host.trace_file import read as read_trace
@@ -448,6 +448,7 @@ def cmd_replay(args: argparse.Namespace) -> int:
         raise UsageError(f"--batch-s {args.batch_s:g}: must be >= 0")
     show = args.progress or sys.stderr.isatty()
     bar = _Progress(sys.stderr, args.progress) if show else None
+    collect_rarely()
     try:
         result = replay(args.file, db=args.db, keys=keys, batch_s=args.batch_s,
                         speed=args.speed, progress=bar, **kw)

@@ -30,7 +30,7 @@ from .alarms import AlarmEngine, AlarmEvent
 from .config import DaemonConfig
 from .ingest_queue import IngestQueue
 from .notify import Dispatcher, LogNotifier, MqttAlarmPublisher, WebhookNotifier
-from .pipeline import Inbound, Processor
+from .pipeline import Inbound, Processor, collect_rarely
 from .serial_source import SerialSource
 from .storage import Storage, now_ms
 from .trace_file import TraceError
@@ -257,4 +257,5 @@ def run(cfg: DaemonConfig) -> int:
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
     Path(cfg.storage.path).parent.mkdir(parents=True, exist_ok=True)
+    collect_rarely()
     return d.run()

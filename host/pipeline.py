@@ -18,6 +18,7 @@ It runs on one thread (the daemon's processor, or the caller's for a replay). Ti
 
 from __future__ import annotations
 
+import gc
 import io
 import json
 import logging
@@ -78,6 +79,22 @@ class Inbound:
     on_stored: Callable[[], None] | None = None
     error: ProtocolError | None = None  # the byte stream's own framing error
     offline_board: int | None = None  # an MQTT last will: board went away (raw is empty)
+
+
+# The processor makes ~100 000 short-lived containers a micro-batch (storage rows, runs,
+# events); a batch lives long enough for CPython's default thresholds (700, 10, 10) to
+# promote it and then re-scan the whole heap again and again: 20-30 % of the processing time
+# of a 10 Hz fleet (1 000 boards x 16 cells in-process: 97-114 -> 69-85 us a frame). Nearly
+# nothing here makes reference cycles (reference counting frees the rest), so the older
+# generations are collected far more rarely.
+GC_THRESHOLDS = (10_000, 100, 1_000)
+
+
+def collect_rarely() -> None:
+    """For a long-running processor (the daemon, a replay): GC_THRESHOLDS, and what start-up
+    made (modules, compiled kernels, the loaded state) kept out of every later collection."""
+    gc.set_threshold(*GC_THRESHOLDS)
+    gc.freeze()
 
 
 @dataclass
