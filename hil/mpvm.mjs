@@ -36,9 +36,12 @@
 //   gc.mem_free() tells the truth. The C heap (the port's JS glue) may still grow.
 // - The GC only collects when control returns to JS: gc.collect() does nothing until then. So
 //   code that allocates more than the heap in total without returning to JS raises MemoryError,
-//   even if most of it is garbage. Only a real sleep returns to JS, e.g. asyncio.sleep_ms(1);
-//   sleep_ms(0) and other task switches stay inside asyncio's loop, and each leaves ~16 bytes of
-//   garbage there (the port reschedules its loop through js.setTimeout).
+//   even if most of it is garbage. Only a real sleep returns to JS: one whose deadline is still
+//   ahead when asyncio's loop looks next; sleep_ms(0) and other task switches stay inside
+//   asyncio's loop, and each leaves ~16 bytes of garbage there (the port reschedules its loop
+//   through js.setTimeout). sleep_ms(1) is not always real: its deadline is the next tick of a
+//   millisecond clock, which may come before the loop looks (more often on a loaded machine; a
+//   test's power-cut loop ran out of heap that way). Scripts that rely on it sleep 10 ms.
 // - If an exception reaches JS while the heap is full, the port spins forever: formatting the
 //   traceback for JS allocates outside any handler, and the port's nlr_jump_fail() is a
 //   `while (1)` (seen with MicroPython 1.27, also with micropython.heap_lock()). So the script

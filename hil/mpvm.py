@@ -2,7 +2,8 @@
 
 A thin wrapper around ``hil/mpvm.mjs``, whose header says how the VM differs from the board.
 In short: the Python heap is fixed at ``heap_bytes``, but its GC only runs when control goes back
-to JS, i.e. at a real sleep such as ``await asyncio.sleep_ms(1)``. Until then garbage accumulates,
+to JS, i.e. at a real sleep such as ``await asyncio.sleep_ms(10)`` (1 ms may already be due when
+asyncio's loop looks: hil/mpvm.mjs). Until then garbage accumulates,
 so a long synchronous loop that allocates can raise MemoryError where the board would not.
 Top-level ``await`` works. There is no ``asyncio.run``: write ``await main()``.
 

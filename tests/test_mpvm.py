@@ -123,7 +123,7 @@ import asyncio
 for i in range(1000):
     junk = bytearray(1000)  # 1 MB of garbage in all, 8 times the heap
     if {pause} and i % 50 == 0:
-        await asyncio.sleep_ms(1)
+        await asyncio.sleep_ms(10)
 print('survived')
 """
 
