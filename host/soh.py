@@ -496,8 +496,16 @@ def _ocv_and_slope(ocv_v: np.ndarray, chem: int, soc: float) -> tuple[float, flo
 @njit(**_JIT)
 def update_kernel(s: np.ndarray, p: np.ndarray, ocv_v: np.ndarray, cfg: np.ndarray,
                   unit: np.ndarray, t_s: np.ndarray, cell_v: np.ndarray,
-                  current_a: np.ndarray, temp_c: np.ndarray) -> None:
-    """Feed rows (any units interleaved, each unit's rows in time order) into the state."""
+                  current_a: np.ndarray, temp_c: np.ndarray, n_units: int) -> bool:
+    """Feed rows (any units interleaved, each unit's rows in time order) into the state.
+    False, with nothing changed, if a unit is outside 0..n_units-1 (one pass here costs a
+    third of numpy's min() and max())."""
+    lo = hi = 0
+    for r in range(unit.shape[0]):
+        lo = min(lo, unit[r])
+        hi = max(hi, unit[r])
+    if lo < 0 or hi >= n_units:
+        return False
     cbuf = np.empty(6)  # AWTLS scratch, once per call: no allocation per row or pair
     # The two exponentials of a row depend on inputs that rarely change from one row to the
     # next (the sample interval; the temperature, shared by the cells of a probe): each is
@@ -579,11 +587,15 @@ def update_kernel(s: np.ndarray, p: np.ndarray, ocv_v: np.ndarray, cfg: np.ndarr
             # measurement: dt then runs from when the held value was first seen (at most
             # max_gap_s). At rest a steady reading is just steady.
             d_i = i - i_last
-            if v != v_last or d_i != 0.0 or resting:
-                if abs(d_i) > rest_a:
-                    s[F_PAIR_DQ_AH, u] += abs(d_i) * min(t - s[F_T_FRESH, u],
-                                                         cfg[CFG_MAX_GAP_S]) * (0.5 / 3600.0)
-                s[F_T_FRESH, u] = t
+            t_fresh = s[F_T_FRESH, u]
+            if abs(d_i) > rest_a:  # (a step of the pack's current: the same for its cells)
+                s[F_PAIR_DQ_AH, u] += abs(d_i) * min(t - t_fresh,
+                                                     cfg[CFG_MAX_GAP_S]) * (0.5 / 3600.0)
+            # Branch-free: whether a cell's voltage moved by a millivolt is a coin toss, and
+            # a branch on it mispredicted often enough to cost 7-8 % of a cell-update.
+            # (t_fresh is loaded above, not in the select: a select on a load compiles back
+            # into a branch.)
+            s[F_T_FRESH, u] = t if (v != v_last) | (d_i != 0.0) | resting else t_fresh
             tau = p[chem, CP_TAU1_S]
             if dt != memo_dt or tau != memo_tau:
                 memo_dt, memo_tau = dt, tau
@@ -670,6 +682,7 @@ def update_kernel(s: np.ndarray, p: np.ndarray, ocv_v: np.ndarray, cfg: np.ndarr
         s[F_T_LAST, u] = t
         s[F_I_LAST, u] = i
         s[F_V_LAST, u] = v
+    return True
 
 
 def _config_array(config: dict[str, float]) -> np.ndarray:
@@ -685,8 +698,8 @@ def _columns(n: int) -> int:
     cache line (mod 4 KiB) past the one before, so a unit's fields sit in different cache sets.
     A power-of-two length put all of them in one set: a unit's ~25 fields thrashed the L1 and
     L2 caches and a cell-update took 4-6x as long (a 9 600-cell bank grown by add(): 100 ns
-    instead of 26 ns; bench/soh.py builds its banks from_state, at an exact size, so only the
-    daemon saw it)."""
+    instead of 26 ns; bench/soh.py then built its banks at an exact size, so only the daemon
+    saw it)."""
     return max(int(n), 1) + (8 - max(int(n), 1)) % 512
 
 
@@ -774,9 +787,8 @@ class SohBank:
                                                                      temp_c)]
         if any(c.shape != (n,) for c in cols) or unit.ndim != 1:
             raise ValueError("unit, t_s, cell_v, current_a, temp_c must be 1-D, same length")
-        if n and (unit.min() < 0 or unit.max() >= self._n):
+        if not update_kernel(self._s, self._p, self._ocv, self._cfg, unit, *cols, self._n):
             raise IndexError("unit index out of range")
-        update_kernel(self._s, self._p, self._ocv, self._cfg, unit, *cols)
 
     def capacity_updates(self, units: np.ndarray) -> np.ndarray:
         """How often each unit's capacity estimate has moved (cheap: one field, no RUL)."""

@@ -457,6 +457,13 @@ def test_api_validation() -> None:
     u = bank.add("nmc", 2.0)
     with pytest.raises(IndexError):
         bank.update(np.array([u + 1]), np.zeros(1), np.zeros(1), np.zeros(1), np.zeros(1))
+    # a bad unit anywhere in the batch rejects all of it, before any row is applied
+    before = bank.state()["s"]
+    for bad in (-1, u + 1):
+        with pytest.raises(IndexError):
+            bank.update(np.array([u, bad]), np.array([1.0, 1.0]), np.array([3.7, 3.7]),
+                        np.array([1.0, 1.0]), np.array([25.0, 25.0]))
+    assert np.array_equal(bank.state()["s"], before, equal_nan=True)
     with pytest.raises(ValueError):
         bank.update(np.array([u]), np.zeros(2), np.zeros(1), np.zeros(1), np.zeros(1))
     est = bank.estimates()
