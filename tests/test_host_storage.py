@@ -42,6 +42,20 @@ def test_migrates_and_writes_idempotently(tmp_path: Path) -> None:
     assert again.count("samples") == 15
 
 
+def test_samples_are_stored_in_key_order_and_the_first_copy_wins(tmp_path: Path) -> None:
+    st = Storage(tmp_path / "a.db")
+    # a fleet's arrival order (board after board), one sample sent twice with other readings
+    rows = [sample(i, 1000 * i, board=b) for i in range(50) for b in (3, 1, 2)]
+    late_copy = (1, 1, 7, 7000, 7005, 0, 1, 1, 1, 1, 0, 0, temps_blob([1]), cells_blob([1]))
+    with st.transaction():
+        st.insert_samples(iter([*rows[:60], late_copy, *rows[60:]]))
+    assert st.count("samples") == 150
+    assert [r[:3] for r in st.db.execute("SELECT board_id, boot, seq FROM samples")] == sorted(
+        r[:3] for r in rows)
+    assert next(iter(st.samples(1, 7000, 7001)))[6] == 48_007  # the first copy's pack_mv
+    st.close()
+
+
 def test_a_failed_transaction_leaves_nothing(tmp_path: Path) -> None:
     st = Storage(tmp_path / "a.db")
     with pytest.raises(sqlite3.IntegrityError), st.transaction():
