@@ -494,18 +494,21 @@ def _ocv_and_slope(ocv_v: np.ndarray, chem: int, soc: float) -> tuple[float, flo
 
 
 @njit(**_JIT)
+def _units_in_range(unit: np.ndarray, n_units: int) -> bool:
+    """0 <= unit < n_units for all: one pass, half the time of numpy's min() and max() on a
+    micro-batch of 10 000 rows. (In update_kernel itself the same loop made every row 5-6 ns
+    slower on 2 M-row calls.)"""
+    ok = True
+    for r in range(unit.shape[0]):
+        ok &= (unit[r] >= 0) & (unit[r] < n_units)
+    return ok
+
+
+@njit(**_JIT)
 def update_kernel(s: np.ndarray, p: np.ndarray, ocv_v: np.ndarray, cfg: np.ndarray,
                   unit: np.ndarray, t_s: np.ndarray, cell_v: np.ndarray,
-                  current_a: np.ndarray, temp_c: np.ndarray, n_units: int) -> bool:
-    """Feed rows (any units interleaved, each unit's rows in time order) into the state.
-    False, with nothing changed, if a unit is outside 0..n_units-1 (one pass here costs a
-    third of numpy's min() and max())."""
-    lo = hi = 0
-    for r in range(unit.shape[0]):
-        lo = min(lo, unit[r])
-        hi = max(hi, unit[r])
-    if lo < 0 or hi >= n_units:
-        return False
+                  current_a: np.ndarray, temp_c: np.ndarray) -> None:
+    """Feed rows (any units interleaved, each unit's rows in time order) into the state."""
     cbuf = np.empty(6)  # AWTLS scratch, once per call: no allocation per row or pair
     # The two exponentials of a row depend on inputs that rarely change from one row to the
     # next (the sample interval; the temperature, shared by the cells of a probe): each is
@@ -682,7 +685,6 @@ def update_kernel(s: np.ndarray, p: np.ndarray, ocv_v: np.ndarray, cfg: np.ndarr
         s[F_T_LAST, u] = t
         s[F_I_LAST, u] = i
         s[F_V_LAST, u] = v
-    return True
 
 
 def _config_array(config: dict[str, float]) -> np.ndarray:
@@ -787,8 +789,9 @@ class SohBank:
                                                                      temp_c)]
         if any(c.shape != (n,) for c in cols) or unit.ndim != 1:
             raise ValueError("unit, t_s, cell_v, current_a, temp_c must be 1-D, same length")
-        if not update_kernel(self._s, self._p, self._ocv, self._cfg, unit, *cols, self._n):
+        if not _units_in_range(unit, self._n):
             raise IndexError("unit index out of range")
+        update_kernel(self._s, self._p, self._ocv, self._cfg, unit, *cols)
 
     def capacity_updates(self, units: np.ndarray) -> np.ndarray:
         """How often each unit's capacity estimate has moved (cheap: one field, no RUL)."""
