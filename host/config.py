@@ -44,9 +44,11 @@ class MqttConfig:
     topics: tuple[str, ...] = DEFAULT_TOPICS
     keepalive_s: int = 30
     session_expiry_s: int = 7 * 86_400  # the broker queues QoS 1 frames this long while we are down
-    # unacknowledged messages the broker may have in flight to us; PUBACKs wait for the
-    # commit, so this bounds an MQTT micro-batch: as large as daemon.batch_max
-    receive_maximum: int = 2_000
+    # unacknowledged messages the broker may have in flight to us. PUBACKs wait for the
+    # commit, so this bounds what the daemon holds: twice daemon.batch_max lets the next
+    # micro-batch arrive while one is processed (at batch_max the broker waited for each
+    # commit: batch-frame ingest 79 -> 83 k samples/s, median of 3 runs each)
+    receive_maximum: int = 4_000
     receiver: str = "process"  # where paho runs: "process" (its own core) or "thread"
 
 
