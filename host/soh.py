@@ -371,6 +371,13 @@ def _pair_to(s: np.ndarray, cfg: np.ndarray, u: int, t: float, z_end: float,
     return gamma
 
 
+@njit(inline="always", **_JIT)
+def _empty_anchor_possible(s: np.ndarray, p: np.ndarray, u: int, chem: int) -> bool:
+    """Whether the discharge under way went down the knee with R0 learned: only then can its
+    end be the empty anchor (the SOC under load at the end rests on R0)."""
+    return s[F_DIS_MIN_V, u] <= p[chem, CP_V_EMPTY_V] and not s[F_R0_N, u] < 3.0
+
+
 @njit(**_JIT)
 def _end_discharge(s: np.ndarray, p: np.ndarray, cfg: np.ndarray, u: int, t: float,
                    z_end: float, var_end: float, cbuf: np.ndarray) -> None:
@@ -378,9 +385,7 @@ def _end_discharge(s: np.ndarray, p: np.ndarray, cfg: np.ndarray, u: int, t: flo
     end-of-discharge knee, its end is the empty anchor: close the pair there and learn the SOC
     the unit is empty at."""
     s[F_IN_DIS, u] = 0.0
-    chem = int(s[F_CHEM, u])
-    # the SOC under load at the end rests on R0: wait until R0 has been learned
-    if not s[F_DIS_MIN_V, u] <= p[chem, CP_V_EMPTY_V] or s[F_R0_N, u] < 3.0:
+    if not _empty_anchor_possible(s, p, u, int(s[F_CHEM, u])):
         return
     gamma = _pair_to(s, cfg, u, t, z_end, var_end, cbuf)
     if gamma < 0.0:
@@ -648,7 +653,7 @@ def update_kernel(s: np.ndarray, p: np.ndarray, ocv_v: np.ndarray, cfg: np.ndarr
             if discharging:
                 if v_ok:  # (branch-free min: the lowest voltage falls unpredictably)
                     s[F_DIS_MIN_V, u] = min(s[F_DIS_MIN_V, u], v)
-            elif s[F_DIS_MIN_V, u] <= p[chem, CP_V_EMPTY_V] and not s[F_R0_N, u] < 3.0:
+            elif _empty_anchor_possible(s, p, u, chem):
                 _end_discharge(s, p, cfg, u, t, z, pzz, cbuf)  # (leaves the filter alone)
             else:
                 # _end_discharge's own early way out, taken here: nearly every discharge ends
