@@ -24,7 +24,7 @@ from pathlib import Path
 from bench.harness import Context, Figure, Target
 from packsentry.hil import firmware_script
 from packsentry.hil.firmware_script import IMPORTS
-from packsentry.hil.mpvm import run_micropython
+from packsentry.hil.mpvm import GC_PAUSE_MS, run_micropython
 
 # A 4-cell board with two NTCs, as tests/test_firmware_app.py configures the virtual board
 CONFIG = {"board_id": 0x00C0FFEE, "chemistry": "nmc", "cells_series": 4, "n_cells": 4,
@@ -70,7 +70,7 @@ for n_probes, n_cells in {shapes!r}:
         t_enc.append((t1 - t0) * 1000 / {loops})
         t_pack.append((t2 - t1) * 1000 / {loops})
         t_crc.append((t3 - t2) * 1000 / {loops})
-        await asyncio.sleep_ms(10)  # (GC: see hil/mpvm.mjs)
+        await asyncio.sleep_ms({GC_PAUSE_MS})  # the VM collects
     out['%d,%d' % (n_probes, n_cells)] = {{'bytes': n, 'encode_us': t_enc, 'pack_us': t_pack,
                                           'crc_us': t_crc}}
 print(json.dumps(out))

@@ -2,9 +2,8 @@
 
 A thin wrapper around ``hil/mpvm.mjs``, whose header says how the VM differs from the board.
 In short: the Python heap is fixed at ``heap_bytes``, but its GC only runs when control goes back
-to JS, i.e. at a real sleep such as ``await asyncio.sleep_ms(10)`` (1 ms may already be due when
-asyncio's loop looks: hil/mpvm.mjs). Until then garbage accumulates,
-so a long synchronous loop that allocates can raise MemoryError where the board would not.
+to JS, i.e. at a real sleep of ``GC_PAUSE_MS``. Until then garbage accumulates, so a long
+synchronous loop that allocates can raise MemoryError where the board would not.
 Top-level ``await`` works. There is no ``asyncio.run``: write ``await main()``.
 
     result = run_micropython("import struct; print(struct.calcsize('<HI'))").check()
@@ -23,6 +22,11 @@ REPO_ROOT = Path(__file__).resolve().parent.parent  # hil/ sits at the repositor
 RUNNER = REPO_ROOT / "hil" / "mpvm.mjs"
 PACKAGE = "@micropython/micropython-webassembly-pyscript"
 DEFAULT_HEAP_BYTES = 131072  # about what an ESP32 without PSRAM has free
+# A sleep that surely returns control to JS, where the VM's GC runs: the scripts that must let
+# the VM collect (the virtual board's launcher, tests, benchmarks) pause this long. 1 ms is not
+# enough: its deadline may already be due when asyncio's loop looks, more often on a loaded
+# machine (hil/mpvm.mjs; under 3 CPU hogs a churn script ran out of heap 5 times in 66 runs).
+GC_PAUSE_MS = 10
 
 
 class MicroPythonError(Exception):

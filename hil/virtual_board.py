@@ -35,7 +35,15 @@ from typing import Any
 
 from packsentry.host.firmware_build import build
 
-from .mpvm import DEFAULT_HEAP_BYTES, REPO_ROOT, RUNNER, check_package, clock_args, find_node
+from .mpvm import (
+    DEFAULT_HEAP_BYTES,
+    GC_PAUSE_MS,
+    REPO_ROOT,
+    RUNNER,
+    check_package,
+    clock_args,
+    find_node,
+)
 
 FIRMWARE = REPO_ROOT / "firmware"
 VBOARD = REPO_ROOT / "hil" / "vboard"
@@ -154,7 +162,7 @@ class VirtualBoard:
         feed_server.settimeout(0.2)
         rig = {"control_port": server.getsockname()[1],
                "feed_port": feed_server.getsockname()[1], "feed_ms": self.feed_ms,
-               "min_sleep_ms": self.min_sleep_ms,
+               "min_sleep_ms": self.min_sleep_ms, "gc_pause_ms": GC_PAUSE_MS,
                "serial_port": self.serial.port if self.serial else None,
                "mqtt_port": self.mqtt_port}
         (self.workdir / "config.json").write_text(json.dumps(self.config, indent=1))

@@ -142,7 +142,6 @@ class _Checkpointer:
 
     def __init__(self, path: str, synchronous: str) -> None:
         self._stop = threading.Event()
-        self.checkpoints = 0
         self._thread = threading.Thread(target=self._run, args=(path, synchronous),
                                         daemon=True, name="sqlite-checkpoint")
         self._thread.start()
@@ -155,7 +154,6 @@ class _Checkpointer:
                 stopping = self._stop.wait(CHECKPOINT_EVERY_S)
                 try:
                     db.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
-                    self.checkpoints += 1
                 except sqlite3.Error as exc:  # the writer's fallback checkpoints meanwhile
                     log.warning("%s: background checkpoint failed: %s", path, exc)
                 if stopping:

@@ -12,7 +12,7 @@ from typing import NamedTuple
 
 import pytest
 
-from packsentry.hil.mpvm import run_micropython
+from packsentry.hil.mpvm import GC_PAUSE_MS, run_micropython
 from packsentry.protocol import codec, golden
 
 FIRMWARE = Path(__file__).resolve().parent.parent / "firmware"
@@ -22,7 +22,7 @@ SIGNED = codec.FLAGS["signed"]
 # Helpers inside the VM. sample()/batch() encode into w.buf with the firmware's FrameWriter;
 # put() appends to a store and prints the frame for the host; show() prints a store's state
 # and the frames a full re-send walk yields.
-PRELUDE = """
+PRELUDE = f"GC_PAUSE_MS = {GC_PAUSE_MS}\n" + """
 import asyncio
 import gc
 import os
@@ -216,7 +216,7 @@ for seq in range(3, 40):
     assert on_flash == st.used_bytes
     worst = max(worst, on_flash)
     nseg = max(nseg, len(names))
-    await asyncio.sleep_ms(10)  # the VM's GC runs only when control returns to JS (mpvm.mjs)
+    await asyncio.sleep_ms(GC_PAUSE_MS)  # the VM's GC runs only when control returns to JS
 print(repr(('worst', worst, nseg)))
 show(st, 'full')
 st.close()
@@ -329,7 +329,7 @@ def recover(tag, data):
 
 for cut in range(len(record) + 1):  # the full record last: the control
     recover(cut, after[name][:start + cut])
-    await asyncio.sleep_ms(10)      # the VM's GC runs only when control returns to JS
+    await asyncio.sleep_ms(GC_PAUSE_MS)  # the VM's GC runs only when control returns to JS
 
 flipped = bytearray(record)
 flipped[40] ^= 0x10
@@ -339,7 +339,7 @@ tails = {'erased': b'\\xff' * 64, 'zeros': bytes(64), 'random': RANDOM,
          'claims_too_much': bytes([0xE8, 3, 0x17, 0xFC]) + bytes(40)}
 for t in tails:
     recover(t, after[name][:start] + tails[t])
-    await asyncio.sleep_ms(10)
+    await asyncio.sleep_ms(GC_PAUSE_MS)
 recover('complete+garbage', after[name] + RANDOM)
 """
 

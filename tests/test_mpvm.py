@@ -12,6 +12,7 @@ import pytest
 
 from packsentry.hil import mpvm
 from packsentry.hil.mpvm import (
+    GC_PAUSE_MS,
     MicroPythonError,
     MicroPythonTimeout,
     MicroPythonUnavailable,
@@ -118,12 +119,12 @@ def test_a_full_heap_fails_instead_of_hanging() -> None:
     assert res.stderr.endswith("MemoryError: memory allocation failed, allocating 1000 bytes\n")
 
 
-CHURN = """
+CHURN = f"""
 import asyncio
 for i in range(1000):
     junk = bytearray(1000)  # 1 MB of garbage in all, 8 times the heap
-    if {pause} and i % 50 == 0:
-        await asyncio.sleep_ms(10)
+    if {{pause}} and i % 50 == 0:
+        await asyncio.sleep_ms({GC_PAUSE_MS})
 print('survived')
 """
 

@@ -63,9 +63,6 @@ import machine
 import network
 
 _sleep_ms = asyncio.sleep_ms  # the port's own: the launcher's sleeps stay exact
-# A sleep that surely returns to JS, where the VM collects: 1 ms may already be due when
-# asyncio's loop looks (hil/mpvm.mjs); on a loaded machine such pauses then collect nothing.
-GC_PAUSE_MS = 10
 # what main.py imports, directly or not, in dependency order
 _FIRMWARE_MODULES = ("wire", "limits", "config", "intmath", "ntc", "analog", "crc32", "cobs",
                      "frames", "safety", "ring", "sampler", "insulation", "commands", "clock",
@@ -161,10 +158,11 @@ class Inputs:
 async def main():
     with open("/rig.json") as f:
         rig = json.load(f)
+    gc_pause_ms = rig["gc_pause_ms"]  # a sleep that returns to JS, where the VM collects
     # first, while the heap is clean: the modules' bytecode wants large blocks
     for name in _FIRMWARE_MODULES + (_MQTT_MODULES if rig.get("mqtt_port") else ()):
         __import__(name)
-        await _sleep_ms(GC_PAUSE_MS)  # collect the import's garbage (see 4. above)
+        await _sleep_ms(gc_pause_ms)  # collect the import's garbage (see 4. above)
     feed_ms = rig["feed_ms"]
     ctl = Control(rig["control_port"])  # commands in, reports out
     feeds = Control(rig["feed_port"])  # layout, static inputs and readings, read as needed
@@ -183,7 +181,7 @@ async def main():
     while 0 not in readings or inputs.layout is None:  # the board starts with real inputs
         for line in feeds.lines():
             _handle(line, ctl, inputs, readings, None)
-            await _sleep_ms(GC_PAUSE_MS)  # each line's garbage goes first (see 4. above)
+            await _sleep_ms(gc_pause_ms)  # each line's garbage goes first (see 4. above)
         await _sleep_ms(5)
     inputs.apply(readings.pop(0))
 
