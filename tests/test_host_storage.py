@@ -10,6 +10,7 @@ import pytest
 
 from packsentry.host import trace_file
 from packsentry.host.storage import (
+    MIGRATIONS,
     SCHEMA_VERSION,
     Storage,
     StorageError,
@@ -53,6 +54,42 @@ def test_samples_are_stored_in_key_order_and_the_first_copy_wins(tmp_path: Path)
     assert [r[:3] for r in st.db.execute("SELECT board_id, boot, seq FROM samples")] == sorted(
         r[:3] for r in rows)
     assert next(iter(st.samples(1, 7000, 7001)))[6] == 48_007  # the first copy's pack_mv
+    st.close()
+
+
+def estimate(board: int, unit: int, ts_ms: int, soh: float) -> tuple:
+    return (board, unit, ts_ms, 50.0, 2.0, 0.1, soh, 1.0, 20.0, 0.5, 3.0, None, None, 12.5)
+
+
+def test_latest_estimates_are_each_units_newest_whatever_the_order(tmp_path: Path) -> None:
+    st = Storage(tmp_path / "a.db")
+    with st.transaction():
+        st.insert_estimates([estimate(1, u, t, 100.0 - t / 1000) for t in (1000, 2000)
+                             for u in (0, 1)] + [estimate(2, 0, 5000, 80.0)])
+    with st.transaction():  # unit 0 again at 2000 (replaces), unit 1's late row from before
+        st.insert_estimates([estimate(1, 0, 2000, 90.0), estimate(1, 1, 500, 70.0)])
+    assert [(e["unit"], e["ts_ms"], e["soh_pct"]) for e in st.latest_estimates(1)] == [
+        (0, 2000, 90.0), (1, 2000, 98.0)]
+    assert [r[:3] for r in st.estimates(1, 0, 10**6)] == [
+        (1, 1, 500), (1, 0, 1000), (1, 1, 1000), (1, 0, 2000), (1, 1, 2000)]
+    st.close()
+
+
+def test_a_version_1_database_is_migrated_with_its_estimates(tmp_path: Path) -> None:
+    path = tmp_path / "v1.db"
+    db = sqlite3.connect(path)
+    db.executescript(MIGRATIONS[0])
+    db.executemany(f"INSERT INTO estimates VALUES ({','.join('?' * 14)})",
+                   [estimate(b, u, t, 100.0 - t / 1000) for b in (1, 2) for u in (0, 1, 5)
+                    for t in (1000, 3000, 2000)])
+    db.execute("PRAGMA user_version = 1")
+    db.commit()
+    db.close()
+    st = Storage(path)
+    assert st.version() == SCHEMA_VERSION
+    assert st.count("estimates") == 18
+    assert [(e["unit"], e["ts_ms"]) for e in st.latest_estimates(2)] == [
+        (0, 3000), (1, 3000), (5, 3000)]
     st.close()
 
 
