@@ -151,17 +151,17 @@ SAMPLE_COLUMNS = ("board_id", "boot", "seq", "ts_ms", "rx_ms", "flags", "pack_mv
                   "riso_pos_kohm", "riso_neg_kohm", "alarm_level", "alarm_flags", "temps_dc",
                   "cells_mv")
 _SAMPLE_KEY = operator.itemgetter(0, 1, 2)  # (board_id, boot, seq): the primary key
-# Sample rows go in INSERT statements of this many rows each: executemany's per-row cost
-# (reset, bind-count check, step) is then paid once per 50 rows (96-cell rows into the
-# samples table and its time index: 2.5 -> 1.8 us a row in memory; in a replay of 100
-# packs, 3.5 -> 3.25 us. 500 rows a statement was slower: 3.6)
-SAMPLES_PER_INSERT = 50
-_ONE_SAMPLE = f"({','.join('?' * len(SAMPLE_COLUMNS))})"
-_INSERT_SAMPLES = "INSERT OR IGNORE INTO samples VALUES "
+# Sample and estimate rows go in INSERT statements of this many rows each: executemany's
+# per-row cost (reset, bind-count check, step) is then paid once per 50 rows (96-cell rows
+# into the samples table and its time index: 2.5 -> 1.8 us a row in memory; in a replay of
+# 100 packs, 3.5 -> 3.25 us a sample. 500 rows a statement was slower: 3.6)
+ROWS_PER_INSERT = 50
 ESTIMATE_COLUMNS = ("board_id", "unit", "ts_ms", "soc_pct", "capacity_ah", "capacity_sigma_ah",
                     "soh_pct", "soh_sigma_pct", "r0_mohm", "r0_sigma_mohm", "r0_growth_pct",
                     "rul_days", "rul_efc", "efc")
-_ONE_ESTIMATE = f"({','.join('?' * len(ESTIMATE_COLUMNS))})"
+_KEEP_NEWEST = (" ON CONFLICT (board_id, unit) DO UPDATE SET "  # (into estimates_latest)
+                + ", ".join(f"{c} = excluded.{c}" for c in ESTIMATE_COLUMNS[2:])
+                + " WHERE excluded.ts_ms >= estimates_latest.ts_ms")
 
 
 log = logging.getLogger("packsentry.storage")
@@ -315,15 +315,21 @@ class Storage:
         in micro-batches of 20 000: 5.1 -> 4.5 us a row, the sort included). The sort is
         stable, and a multi-row INSERT inserts its rows in order, so of two copies of a sample
         in one batch the first to arrive is kept."""
-        rows = sorted(rows, key=_SAMPLE_KEY)
-        whole = len(rows) - len(rows) % SAMPLES_PER_INSERT
+        self._insert_rows("INSERT OR IGNORE INTO samples", len(SAMPLE_COLUMNS),
+                          sorted(rows, key=_SAMPLE_KEY))
+
+    def _insert_rows(self, head: str, width: int, rows: Sequence[tuple], tail: str = "") -> None:
+        """`head VALUES (row), (row), ... tail` for rows of `width` values, ROWS_PER_INSERT rows
+        a statement (the rest one by one). Rows go in in order, as executemany's would."""
+        one = f"({','.join('?' * width)})"
+        whole = len(rows) - len(rows) % ROWS_PER_INSERT
         if whole:
             flat = list(chain.from_iterable(rows[:whole]))
-            step = SAMPLES_PER_INSERT * len(SAMPLE_COLUMNS)
-            self.db.executemany(_INSERT_SAMPLES + ",".join([_ONE_SAMPLE] * SAMPLES_PER_INSERT),
+            step = ROWS_PER_INSERT * width
+            self.db.executemany(f"{head} VALUES {','.join([one] * ROWS_PER_INSERT)}{tail}",
                                 [flat[i:i + step] for i in range(0, len(flat), step)])
         if whole < len(rows):
-            self.db.executemany(_INSERT_SAMPLES + _ONE_SAMPLE, rows[whole:])
+            self.db.executemany(f"{head} VALUES {one}{tail}", rows[whole:])
 
     def insert_board_frames(self, rows: Iterable[tuple]) -> None:
         """Alarm, status and command-ack frames: (board_id, boot, seq, ts_ms, rx_ms,
@@ -338,12 +344,9 @@ class Storage:
     def insert_estimates(self, rows: Sequence[tuple]) -> None:
         """Rows in ESTIMATE_COLUMNS order; a row for a (board, unit, time) already stored
         replaces it. estimates_latest keeps each unit's newest."""
-        self.db.executemany(f"INSERT OR REPLACE INTO estimates VALUES {_ONE_ESTIMATE}", rows)
-        self.db.executemany(
-            f"INSERT INTO estimates_latest VALUES {_ONE_ESTIMATE} "
-            "ON CONFLICT (board_id, unit) DO UPDATE SET "
-            + ", ".join(f"{c} = excluded.{c}" for c in ESTIMATE_COLUMNS[2:])
-            + " WHERE excluded.ts_ms >= estimates_latest.ts_ms", rows)
+        width = len(ESTIMATE_COLUMNS)
+        self._insert_rows("INSERT OR REPLACE INTO estimates", width, rows)
+        self._insert_rows("INSERT INTO estimates_latest", width, rows, _KEEP_NEWEST)
 
     def upsert_boards(self, rows: Sequence[tuple[int, int, dict[str, Any]]]) -> None:
         """Boards seen, for many (board_id, seen_ms, fields): one statement per kind of

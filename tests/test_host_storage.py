@@ -72,6 +72,11 @@ def test_latest_estimates_are_each_units_newest_whatever_the_order(tmp_path: Pat
         (0, 2000, 90.0), (1, 2000, 98.0)]
     assert [r[:3] for r in st.estimates(1, 0, 10**6)] == [
         (1, 1, 500), (1, 0, 1000), (1, 1, 1000), (1, 0, 2000), (1, 1, 2000)]
+    # many rows go in multi-row statements: a unit's newer row first, then its older one
+    with st.transaction():
+        st.insert_estimates([estimate(3, u, t, t / 100) for u in range(60) for t in (9000, 8000)])
+    assert {(e["ts_ms"], e["soh_pct"]) for e in st.latest_estimates(3)} == {(9000, 90.0)}
+    assert len(st.latest_estimates(3)) == 60 and st.count("estimates") == 126
     st.close()
 
 
