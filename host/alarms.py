@@ -712,9 +712,10 @@ class AlarmEngine:
         h_ts = q["h_ts"]
         start = int(np.searchsorted(h_ts, last - _RISE_WINDOW_MS, side="right")) - 1
         start = min(max(start, 0), len(h_ts) - 2) if len(h_ts) >= 2 else 0
-        pack = cols["pack_mv"]
-        b.hist = b.hist[start:] + [[int(ts[j]), int(pack[j]), all_t[n0 + j].tolist()]
-                                   for j in range(max(0, start - n0), k)]
+        lo = max(0, start - n0)  # (whole columns to lists: int() per numpy scalar is slow)
+        b.hist = b.hist[start:] + [[t, mv, temps_row] for t, mv, temps_row in zip(
+            ts[lo:].tolist(), cols["pack_mv"][lo:k].tolist(), all_t[n0 + lo:n0 + k].tolist(),
+            strict=True)]
         # the forecasts: one call per interval of the trend (what closes one is the first
         # sample of the next, as in on_sample)
         trend_ins = q["r_min"] * 1e6 / p.max_pack_mv

@@ -655,14 +655,14 @@ class Processor:
         # 17 ns a value where np.isnan on a Python float costs 400 (11 values a row)
         values = [[x if x == x else None for x in est[k].tolist()] for k in keys]
         cells = self.unit_cell[units].tolist()
-        boards, stamps, moved = board_of[pick].tolist(), last[pick].tolist(), changed[pick].tolist()
-        for j, (board, cell, ts) in enumerate(zip(boards, cells, stamps, strict=True)):
-            b.estimates.append((board, cell, ts, *(v[j] for v in values)))
-            if moved[j]:
-                soh, growth = values[3][j], values[7][j]
-                if soh is not None and growth is not None:
-                    b.events += self.engine.on_estimate(
-                        board, ts, soh, growth, "cell" if cell >= 0 else "pack", max(cell, 0))
+        boards, stamps = board_of[pick].tolist(), last[pick].tolist()
+        b.estimates += zip(boards, cells, stamps, *values, strict=True)
+        for j in np.flatnonzero(changed[pick]).tolist():  # the alarm engine: moved ones only
+            board, cell, ts = boards[j], cells[j], stamps[j]
+            soh, growth = values[3][j], values[7][j]
+            if soh is not None and growth is not None:
+                b.events += self.engine.on_estimate(
+                    board, ts, soh, growth, "cell" if cell >= 0 else "pack", max(cell, 0))
 
     # -- commit, then acknowledge --------------------------------------------------------------
 

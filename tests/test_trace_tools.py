@@ -454,6 +454,21 @@ def test_replay_summary_and_bad_input(tmp_path: Path, capsys: pytest.CaptureFixt
     assert rc == 2 and "exists" in err
     rc, _, err = cli(capsys, "replay", str(tmp_path / "lab.csv"))
     assert rc == 2 and "not a packsentry trace" in err and err.count("\n") == 1
+    rc, _, err = cli(capsys, "replay", str(trace), "--batch-max", "0")
+    assert rc == 2 and "--batch-max 0: must be at least 1" in err
+
+
+def test_replay_results_do_not_depend_on_the_batch_size(tmp_path: Path,
+                                                       capsys: pytest.CaptureFixture[str]) -> None:
+    """Batches of 7 frames and of the default: the same alarms and frames (estimates are
+    stamped by batch, see docs/hil.md)."""
+    trace = _alarm_trace(tmp_path)
+    docs = []
+    for extra in ([], ["--batch-max", "7"]):
+        rc, out, err = cli(capsys, "replay", str(trace), "--json", *extra)
+        assert rc == 0, err
+        docs.append(json.loads(out))
+    assert docs[0]["alarms"] == docs[1]["alarms"] and docs[0]["frames"] == docs[1]["frames"]
 
 
 # -- acceptance 3: NASA B0005 through from-csv and replay -----------------------------------------
