@@ -29,6 +29,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
 
+import numpy as np
+
 from packsentry.host.alarm_settings import AlarmSettings
 from packsentry.host.alarms import AlarmEngine, AlarmEvent
 from packsentry.host.config import ConfigError, DaemonConfig
@@ -325,9 +327,13 @@ class _Replay:
     # -- the result ------------------------------------------------------------------------------
 
     def _result(self) -> ReplayResult:
-        db = self.storage.db
-        (t0,) = db.execute("SELECT min(ts_ms) FROM samples").fetchone()
-        t0 = self.first_rx_ms if t0 is None else int(t0)
+        # the first sample's time: a seek per board in the time index (min(ts_ms) over the
+        # whole table reads all of it: 0.4 s after a day of 100 packs); every board whose
+        # samples were stored is one of the processor's boards
+        firsts = [t for (t,) in (self.storage.db.execute(
+            "SELECT min(ts_ms) FROM samples WHERE board_id = ?", (board_id,)).fetchone()
+            for board_id in self.processor.boards) if t is not None]
+        t0 = min(firsts) if firsts else self.first_rx_ms
         boards = {board_id: self._board(board_id, t0)
                   for board_id in sorted(self.processor.boards)}
         alarms = [AlarmRecord(t_s=_t(e.ts_ms, t0), board_id=e.board_id, rule=e.rule,
@@ -349,28 +355,55 @@ class _Replay:
             est = self.processor.soh.estimates(bs.units)
             final = _aggregate({k: [float(x) for x in est[k]] for k in
                                 ("capacity_ah", "soh_pct", "r0_mohm", "soc_pct")})
-        # the history: rows in time order; the board's value from each unit's latest row
-        latest: dict[int, tuple[float | None, ...]] = {}
-        history: list[Estimate] = []
         rows = self.storage.db.execute(
-            "SELECT ts_ms, unit, capacity_ah, soh_pct, r0_mohm, soc_pct FROM estimates "
+            f"SELECT ts_ms, unit, {', '.join(_HISTORY_KEYS)} FROM estimates "
             "WHERE board_id = ? ORDER BY ts_ms, unit", (board_id,)).fetchall()
-        for i, (ts_ms, unit, *values) in enumerate(rows):
-            latest[unit] = tuple(values)
-            if i + 1 < len(rows) and rows[i + 1][0] == ts_ms:
-                continue  # the other units of this batch first
-            agg = _aggregate({k: [v[j] for v in latest.values()] for j, k in enumerate(
-                ("capacity_ah", "soh_pct", "r0_mohm", "soc_pct"))})
-            e = Estimate(t_s=_t(ts_ms, t0), capacity_ah=agg["capacity_ah"],
-                         soh_pct=agg["soh_pct"], r0_mohm=agg["r0_mohm"], soc_pct=agg["soc_pct"])
-            if not history or e.capacity_ah != history[-1].capacity_ah:
-                history.append(e)
         return BoardResult(board_id=board_id, site=bs.site,
                            chemistry=p.chemistry if p else None,
                            cells=p.cells_series if p else None,
                            rated_ah=p.rated_mah / 1000 if p else None,
                            soh_pct=final["soh_pct"], capacity_ah=final["capacity_ah"],
-                           r0_mohm=final["r0_mohm"], estimates=history)
+                           r0_mohm=final["r0_mohm"], estimates=_history(rows, t0))
+
+
+_HISTORY_KEYS = ("capacity_ah", "soh_pct", "r0_mohm", "soc_pct")
+
+
+def _history(rows: list[tuple[Any, ...]], t0: int) -> list[Estimate]:
+    """A board's estimate history from its estimate rows (ts_ms, unit, *_HISTORY_KEYS) in
+    time order: after each time's rows, the board's values by _aggregate's rules from every
+    unit's newest row so far; an entry wherever the capacity changed. In numpy, over a
+    (time, unit) table of each unit's newest row (one by one, a day of 100 packs' 1.4 M rows
+    took 0.9 s; the same entries, checked on that day with gaps and NULLs added)."""
+    if not rows:
+        return []
+    ts_ms, unit, *values = zip(*rows, strict=True)
+    times, t_idx = np.unique(np.array(ts_ms, np.int64), return_inverse=True)
+    _, u_idx = np.unique(np.array(unit, np.int64), return_inverse=True)
+    newest = np.full((len(times), u_idx.max() + 1), -1, np.int64)
+    newest[t_idx, u_idx] = np.arange(len(rows))
+    newest = np.maximum.accumulate(newest, axis=0)  # (rows come in time order)
+    seen = newest >= 0
+    table = {k: np.array(v, np.float64)[newest]  # (None -> NaN; unseen cells are masked)
+             for k, v in zip(_HISTORY_KEYS, values, strict=True)}
+    known = {k: seen & np.isfinite(v) for k, v in table.items()}
+
+    def weakest(k: str) -> list[float | None]:  # the weakest cell limits the string
+        low = np.where(known[k], table[k], np.inf).min(axis=1)
+        return [None if x == math.inf else x for x in low.tolist()]
+
+    cap, soh, soc = weakest("capacity_ah"), weakest("soh_pct"), weakest("soc_pct")
+    r0 = np.where(known["r0_mohm"], table["r0_mohm"], 0.0).sum(axis=1).tolist()
+    r0_whole = (known["r0_mohm"].sum(axis=1) == seen.sum(axis=1)).tolist()  # every unit's
+    history: list[Estimate] = []
+    for i, t in enumerate(times.tolist()):
+        capacity_ah = _round(cap[i], 4)
+        if history and capacity_ah == history[-1].capacity_ah:
+            continue
+        history.append(Estimate(t_s=_t(t, t0), capacity_ah=capacity_ah,
+                                soh_pct=_round(soh[i], 2), soc_pct=_round(soc[i], 2),
+                                r0_mohm=_round(r0[i], 3) if r0_whole[i] else None))
+    return history
 
 
 def _aggregate(units: dict[str, list[float | None]]) -> dict[str, float | None]:

@@ -9,6 +9,7 @@ import fcntl
 import itertools
 import json
 import os
+import random
 import re
 import signal
 import subprocess
@@ -521,3 +522,33 @@ def test_nasa_b0005_through_from_csv_and_replay(tmp_path: Path,
     assert err_ah.size == 158
     assert mae_ah <= 0.02 * 2.0  # acceptance 3
     assert len(est) >= len(starts) - 1  # an estimate per discharge
+
+
+def test_replay_estimate_history_is_each_units_newest_row_aggregated() -> None:
+    """_history (numpy) against the rule it implements, one row at a time: after each time's
+    rows, the board's values from every unit's newest row so far; an entry where the
+    capacity changed. Units that start late, NULLs, a capacity that comes back."""
+    from packsentry.hil.replay import Estimate, _aggregate, _history, _t
+
+    rng = random.Random(7)
+    rows = []
+    for t in range(0, 60_000, 1000):
+        for unit in range(-1, 12):
+            if (unit == 4 and t < 20_000) or rng.random() < 0.2:
+                continue
+            def value(scale: float) -> float | None:
+                return None if rng.random() < 0.1 else round(scale * rng.uniform(0.9, 1.0), 3)
+            rows.append((t, unit, value(2.0), value(100.0), value(1.5), value(50.0)))
+    latest: dict[int, tuple] = {}
+    want: list[Estimate] = []
+    for i, (t, unit, *values) in enumerate(rows):
+        latest[unit] = tuple(values)
+        if i + 1 < len(rows) and rows[i + 1][0] == t:
+            continue
+        agg = _aggregate({k: [v[j] for v in latest.values()] for j, k in enumerate(
+            ("capacity_ah", "soh_pct", "r0_mohm", "soc_pct"))})
+        e = Estimate(t_s=_t(t, -5000), **agg)
+        if not want or e.capacity_ah != want[-1].capacity_ah:
+            want.append(e)
+    got = _history(rows, -5000)
+    assert got == want and len(got) > 3 and _history([], 0) == []
