@@ -49,6 +49,10 @@ NOT_ON_CELL = 0xFFFF  # probe_cell value of a probe that is not on a cell (ambie
 _RISE_WINDOW_MS = 60_000  # rise rate: over the last minute ...
 _RISE_MIN_MS = 30_000  # ... or at least half of it
 _RISE_MAX_MS = 300_000  # a reference older than this is too coarse for a rate
+# the rules whose readings every quiet sample sets (_quiet_readings), in the order the quiet
+# path has always made their tracks (the saved state lists tracks in that order)
+_READING_RULES = ("sensor_fault", "insulation", "temp_high", "temp_spread", "temp_rise_rate",
+                  "thermal_event", "cell_overvoltage", "cell_undervoltage", "cell_spread")
 _RUN_MIN = 6  # on_run screens runs at least this long; shorter ones go sample by sample
 _FLEET_MIN = 4  # on_runs screens short runs together when at least this many boards
 _DROP_WINDOW_MS = 60_000  # thermal event: voltage drop against the highest of the last minute
@@ -275,6 +279,7 @@ class AlarmEngine:
         self._boards: dict[int, _Board] = {}
         self._tracks: dict[tuple[int, str, str], _Track] = {}
         self._board_tracks: dict[int, list[_Track]] = {}  # the same tracks, by board
+        self._reading_tracks: dict[int, tuple[_Track, ...]] = {}  # by board: _READING_RULES
         self._dirty: set[int] = set()  # boards whose alarms moved since take_dirty()
         self._by_id: dict[int, _Track] = {}
         self._next_id = 1
@@ -633,8 +638,14 @@ class AlarmEngine:
         if b.first_sample_ms is None:
             b.first_sample_ms = first
         b.flags = 0
-        self._track(board_id, "sensor_fault", "").value = 0.0
-        tr = self._track(board_id, "insulation", "")
+        trs = self._reading_tracks.get(board_id)
+        if trs is None:  # (a dict lookup per rule and sample was a fifth of this call)
+            trs = self._reading_tracks[board_id] = tuple(
+                self._track(board_id, rule, "") for rule in _READING_RULES)
+        (sensor_fault, insulation, temp_high, temp_spread, temp_rise_rate, thermal_event,
+         *cell_rules) = trs
+        sensor_fault.value = 0.0
+        tr = insulation
         if riso_row is not None:
             b.riso_seen = True
             known = [(r, i) for i, r in enumerate(riso_row) if r < _MARKERS["riso_pos_kohm"][0]]
@@ -645,17 +656,17 @@ class AlarmEngine:
         if n_probes:
             row = temps_row
             t_max, at = max((t, i) for i, t in enumerate(row))
-            tr = self._track(board_id, "temp_high", "")
+            tr = temp_high
             tr.subject, tr.value, tr.detail, tr.subject_index = "probe", float(t_max), "", at
             on_cells = [(t, i) for i, t in enumerate(row)
                         if i < len(p.probe_cell) and p.probe_cell[i] != NOT_ON_CELL]
             group = on_cells if len(on_cells) >= 2 else [(t, i) for i, t in enumerate(row)]
-            tr = self._track(board_id, "temp_spread", "")
+            tr = temp_spread
             tr.subject = "probe"
             if len(group) >= 2:
                 (hi, hi_at), (lo, _) = max(group), min(group)
                 tr.value, tr.detail, tr.subject_index = float(hi - lo), "", hi_at
-            tr = self._track(board_id, "temp_rise_rate", "")
+            tr = temp_rise_rate
             tr.subject = "probe"
             if rise is not None:
                 dt, now_t, ref_t = rise
@@ -663,16 +674,12 @@ class AlarmEngine:
                             for i, (t, f) in enumerate(zip(now_t, ref_t, strict=False)))
                 tr.value, tr.detail, tr.subject_index = round(r, 1), "", at
         else:
-            for rule in ("temp_high", "temp_spread", "temp_rise_rate"):
-                self._track(board_id, rule, "")
-            self._track(board_id, "temp_rise_rate", "").subject = "probe"
-        tr = self._track(board_id, "thermal_event", "")
-        tr.subject = "probe"
+            temp_rise_rate.subject = "probe"
+        thermal_event.subject = "probe"
         if self.settings.limit(p.chemistry, "thermal_event") is not None and had_hist:
             b.rising_since_ms, b.rising_steps = [None] * n_probes, [0] * n_probes
         if cells_row:
-            trs = [self._track(board_id, r, "") for r in
-                   ("cell_overvoltage", "cell_undervoltage", "cell_spread")]
+            trs = cell_rules
             row = cells_row
             v_max, v_min = max(row), min(row)
             for t in trs:
@@ -683,9 +690,6 @@ class AlarmEngine:
             trs[1].subject_index = row.index(v_min)
             if len(row) >= 2:
                 trs[2].value, trs[2].detail = float(v_max - v_min), ""
-        else:
-            for r in ("cell_overvoltage", "cell_undervoltage", "cell_spread"):
-                self._track(board_id, r, "")
 
     def _take_quiet_run(self, b: _Board, p: BoardProfile, ts: np.ndarray,
                         cols: Mapping[str, np.ndarray], q: dict[str, Any]) -> list[AlarmEvent]:
@@ -981,6 +985,7 @@ class AlarmEngine:
         self._boards = {int(k): _Board.from_dict(v) for k, v in d["boards"].items()}
         self._tracks = {}
         self._board_tracks = {}
+        self._reading_tracks = {}
         self._by_id = {}
         self._shelves_changed = True
         for td in d["tracks"]:
