@@ -29,6 +29,10 @@ from typing import Any
 
 import numpy as np
 
+# the estimates' columns as migration 2 makes them (part of that migration: never edit)
+_V2_ESTIMATE_COLUMNS = """board_id INTEGER NOT NULL, unit INTEGER NOT NULL, ts_ms INTEGER NOT NULL,
+    soc_pct REAL, capacity_ah REAL, capacity_sigma_ah REAL, soh_pct REAL, soh_sigma_pct REAL,
+    r0_mohm REAL, r0_sigma_mohm REAL, r0_growth_pct REAL, rul_days REAL, rul_efc REAL, efc REAL"""
 MIGRATIONS: tuple[str, ...] = (
     # 0 -> 1
     """
@@ -121,22 +125,12 @@ MIGRATIONS: tuple[str, ...] = (
     # table (a day's replay of that fleet: 0.4 -> 1.4 us a sample, the commit as much
     # again). Keyed (board, time, unit), a round is one run per board. The newest row per
     # unit, which the old key found at once, is kept in estimates_latest.
-    """
-    CREATE TABLE estimates_by_time (
-        board_id INTEGER NOT NULL, unit INTEGER NOT NULL, ts_ms INTEGER NOT NULL,
-        soc_pct REAL, capacity_ah REAL, capacity_sigma_ah REAL, soh_pct REAL,
-        soh_sigma_pct REAL, r0_mohm REAL, r0_sigma_mohm REAL, r0_growth_pct REAL,
-        rul_days REAL, rul_efc REAL, efc REAL,
-        PRIMARY KEY (board_id, ts_ms, unit)
-    ) WITHOUT ROWID;
+    f"""
+    CREATE TABLE estimates_by_time ({_V2_ESTIMATE_COLUMNS},
+                                    PRIMARY KEY (board_id, ts_ms, unit)) WITHOUT ROWID;
     INSERT INTO estimates_by_time SELECT * FROM estimates;
-    CREATE TABLE estimates_latest (
-        board_id INTEGER NOT NULL, unit INTEGER NOT NULL, ts_ms INTEGER NOT NULL,
-        soc_pct REAL, capacity_ah REAL, capacity_sigma_ah REAL, soh_pct REAL,
-        soh_sigma_pct REAL, r0_mohm REAL, r0_sigma_mohm REAL, r0_growth_pct REAL,
-        rul_days REAL, rul_efc REAL, efc REAL,
-        PRIMARY KEY (board_id, unit)
-    ) WITHOUT ROWID;
+    CREATE TABLE estimates_latest ({_V2_ESTIMATE_COLUMNS},
+                                   PRIMARY KEY (board_id, unit)) WITHOUT ROWID;
     INSERT INTO estimates_latest
         SELECT e.* FROM estimates e JOIN (SELECT board_id, unit, max(ts_ms) AS t
                                           FROM estimates GROUP BY board_id, unit) last
