@@ -349,12 +349,12 @@ class _Replay:
     def _board(self, board_id: int, t0: int) -> BoardResult:
         bs = self.processor.boards[board_id]
         p = bs.profile
-        final: dict[str, float | None] = {"capacity_ah": None, "soh_pct": None,
-                                          "r0_mohm": None}
-        if p is not None and len(bs.units):
+        final = Estimate(t_s=0.0, capacity_ah=None, soh_pct=None, r0_mohm=None, soc_pct=None)
+        if p is not None and len(bs.units):  # the estimator's now, as one time's rows
             est = self.processor.soh.estimates(bs.units)
-            final = _aggregate({k: [float(x) for x in est[k]] for k in
-                                ("capacity_ah", "soh_pct", "r0_mohm", "soc_pct")})
+            final = _history(list(zip([0] * len(bs.units), range(len(bs.units)),
+                                      *(est[k].tolist() for k in _HISTORY_KEYS),
+                                      strict=True)), 0)[0]
         rows = self.storage.db.execute(
             f"SELECT ts_ms, unit, {', '.join(_HISTORY_KEYS)} FROM estimates "
             "WHERE board_id = ? ORDER BY ts_ms, unit", (board_id,)).fetchall()
@@ -362,8 +362,8 @@ class _Replay:
                            chemistry=p.chemistry if p else None,
                            cells=p.cells_series if p else None,
                            rated_ah=p.rated_mah / 1000 if p else None,
-                           soh_pct=final["soh_pct"], capacity_ah=final["capacity_ah"],
-                           r0_mohm=final["r0_mohm"], estimates=_history(rows, t0))
+                           soh_pct=final.soh_pct, capacity_ah=final.capacity_ah,
+                           r0_mohm=final.r0_mohm, estimates=_history(rows, t0))
 
 
 _HISTORY_KEYS = ("capacity_ah", "soh_pct", "r0_mohm", "soc_pct")
@@ -371,8 +371,10 @@ _HISTORY_KEYS = ("capacity_ah", "soh_pct", "r0_mohm", "soc_pct")
 
 def _history(rows: list[tuple[Any, ...]], t0: int) -> list[Estimate]:
     """A board's estimate history from its estimate rows (ts_ms, unit, *_HISTORY_KEYS) in
-    time order: after each time's rows, the board's values by _aggregate's rules from every
-    unit's newest row so far; an entry wherever the capacity changed. In numpy, over a
+    time order: after each time's rows, the board's values from every unit's newest row so
+    far (the weakest cell limits a series string: capacity, SoH, SOC; resistances in series
+    add up: R0, only when every unit has one); an entry wherever the capacity changed. In
+    numpy, over a
     (time, unit) table of each unit's newest row (one by one, a day of 100 packs' 1.4 M rows
     took 0.9 s; the same entries, checked on that day with gaps and NULLs added)."""
     if not rows:
@@ -404,20 +406,6 @@ def _history(rows: list[tuple[Any, ...]], t0: int) -> list[Estimate]:
                                 soh_pct=_round(soh[i], 2), soc_pct=_round(soc[i], 2),
                                 r0_mohm=_round(r0[i], 3) if r0_whole[i] else None))
     return history
-
-
-def _aggregate(units: dict[str, list[float | None]]) -> dict[str, float | None]:
-    """A board from its units: the weakest cell limits a series string (capacity, SoH, SOC);
-    resistances in series add up (R0, only when every unit has one)."""
-    def known(xs: list[float | None]) -> list[float]:
-        return [x for x in xs if x is not None and math.isfinite(x)]
-
-    cap, soh, soc = (known(units[k]) for k in ("capacity_ah", "soh_pct", "soc_pct"))
-    r0 = known(units["r0_mohm"])
-    return {"capacity_ah": _round(min(cap), 4) if cap else None,
-            "soh_pct": _round(min(soh), 2) if soh else None,
-            "soc_pct": _round(min(soc), 2) if soc else None,
-            "r0_mohm": _round(sum(r0), 3) if r0 and len(r0) == len(units["r0_mohm"]) else None}
 
 
 def _grid(t_ms: int) -> int:

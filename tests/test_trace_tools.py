@@ -8,6 +8,7 @@ import csv
 import fcntl
 import itertools
 import json
+import math
 import os
 import random
 import re
@@ -528,7 +529,21 @@ def test_replay_estimate_history_is_each_units_newest_row_aggregated() -> None:
     """_history (numpy) against the rule it implements, one row at a time: after each time's
     rows, the board's values from every unit's newest row so far; an entry where the
     capacity changed. Units that start late, NULLs, a capacity that comes back."""
-    from packsentry.hil.replay import Estimate, _aggregate, _history, _t
+    from packsentry.hil.replay import Estimate, _history, _round, _t
+
+    def _aggregate(units: dict[str, list[float | None]]) -> dict[str, float | None]:
+        """The rule, unit by unit: the weakest cell limits a series string (capacity, SoH,
+        SOC); resistances in series add up (R0, only when every unit has one)."""
+        def known(xs: list[float | None]) -> list[float]:
+            return [x for x in xs if x is not None and math.isfinite(x)]
+
+        cap, soh, soc = (known(units[k]) for k in ("capacity_ah", "soh_pct", "soc_pct"))
+        r0 = known(units["r0_mohm"])
+        return {"capacity_ah": _round(min(cap), 4) if cap else None,
+                "soh_pct": _round(min(soh), 2) if soh else None,
+                "soc_pct": _round(min(soc), 2) if soc else None,
+                "r0_mohm": _round(sum(r0), 3) if r0 and len(r0) == len(units["r0_mohm"])
+                else None}
 
     rng = random.Random(7)
     rows = []
