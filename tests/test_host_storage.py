@@ -43,7 +43,7 @@ def test_migrates_and_writes_idempotently(tmp_path: Path) -> None:
     assert again.count("samples") == 15
 
 
-def test_samples_are_stored_in_key_order_and_the_first_copy_wins(tmp_path: Path) -> None:
+def test_samples_are_stored_once_and_the_first_copy_wins(tmp_path: Path) -> None:
     st = Storage(tmp_path / "a.db")
     # a fleet's arrival order (board after board), one sample sent twice with other readings
     rows = [sample(i, 1000 * i, board=b) for i in range(50) for b in (3, 1, 2)]
@@ -51,9 +51,29 @@ def test_samples_are_stored_in_key_order_and_the_first_copy_wins(tmp_path: Path)
     with st.transaction():
         st.insert_samples(iter([*rows[:60], late_copy, *rows[60:]]))
     assert st.count("samples") == 150
-    assert [r[:3] for r in st.db.execute("SELECT board_id, boot, seq FROM samples")] == sorted(
-        r[:3] for r in rows)
+    assert [r[:3] for r in st.db.execute(
+        "SELECT board_id, boot, seq FROM samples ORDER BY rowid")] == sorted(
+        (r[:3] for r in rows), key=lambda k: k[0])  # board by board, each in arrival order
     assert next(iter(st.samples(1, 7000, 7001)))[6] == 48_007  # the first copy's pack_mv
+    st.close()
+
+
+def test_a_version_2_database_is_migrated_with_its_samples(tmp_path: Path) -> None:
+    path = tmp_path / "v2.db"
+    db = sqlite3.connect(path)
+    db.executescript(MIGRATIONS[0] + MIGRATIONS[1])
+    rows = [sample(i, 1000 * i, board=b) for i in range(30) for b in (2, 1)]
+    db.executemany(f"INSERT INTO samples VALUES ({','.join('?' * 14)})", rows)
+    db.execute("PRAGMA user_version = 2")
+    db.commit()
+    db.close()
+    st = Storage(path)
+    assert st.version() == SCHEMA_VERSION
+    assert sorted(st.db.execute("SELECT * FROM samples")) == sorted(rows)
+    with st.transaction():  # the key still holds: a re-sent sample is not stored twice
+        st.insert_samples([sample(5, 5000, board=1), sample(30, 30_000, board=1)])
+    assert st.count("samples") == 61
+    assert [r[2] for r in st.samples(1, 4000, 6001)] == [4, 5, 6]
     st.close()
 
 
