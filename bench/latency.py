@@ -4,7 +4,8 @@ round trip (publish -> subscriber) under the same load, in the same run.
 
 Setup: a private Mosquitto; the daemon as a process (`packsentry daemon --config`, default
 settings: alarms to MQTT on); background: 1 000 boards of 16 cells (4 probes) reporting at
-10 Hz, published by 2 processes paced at 5 000 frames/s each (QoS 1), normal values.
+10 Hz, published by 2 processes paced at 5 000 frames/s each (QoS 1; live._Publisher, a lean
+writer of pre-made MQTT packets, so the load takes little of the 2 cores), normal values.
 Probes (one process, one clock): every `interval` one probe, alternating
 - broker round trip: a frame-sized message published (QoS 1) by one client on bench/echo/<i>,
   timed to its arrival at a second client subscribed to bench/echo/#;
