@@ -53,6 +53,9 @@ _RISE_MAX_MS = 300_000  # a reference older than this is too coarse for a rate
 # path has always made their tracks (the saved state lists tracks in that order)
 _READING_RULES = ("sensor_fault", "insulation", "temp_high", "temp_spread", "temp_rise_rate",
                   "thermal_event", "cell_overvoltage", "cell_undervoltage", "cell_spread")
+# the columns _quiet_samples screens
+_SCREENED = ("pack_mv", "current_ma", "riso_pos_kohm", "riso_neg_kohm", "alarm_flags", "temps_dc",
+             "cells_mv")
 _RUN_MIN = 6  # on_run screens runs at least this long; shorter ones go sample by sample
 _FLEET_MIN = 4  # on_runs screens short runs together when at least this many boards
 _DROP_WINDOW_MS = 60_000  # thermal event: voltage drop against the highest of the last minute
@@ -239,7 +242,7 @@ class _Candidate(NamedTuple):
     """A board's one-sample run that may be quiet, with its history as _remember will
     leave it (what _quiet_samples screens)."""
 
-    pos: int  # in the runs
+    pos: int  # its row in the screened columns
     board: _Board
     profile: BoardProfile
     ts_ms: int
@@ -390,32 +393,59 @@ class AlarmEngine:
         for i, (board_id, ts, cols) in enumerate(runs):
             if i not in fleet:
                 out += self.on_run(board_id, ts, cols)
-        for j in range(max((len(runs[i][1]) for i in short), default=0)):
-            one = [runs[i] if len(runs[i][1]) == 1 else  # (nearly always: no copy)
-                   (runs[i][0], runs[i][1][j:j + 1], {k: v[j:j + 1] for k, v in
-                                                      runs[i][2].items()})
-                   for i in short if len(runs[i][1]) > j]
-            quiet = self._quiet_samples(one) if len(one) >= _FLEET_MIN else {}
-            for pos, (board_id, ts, cols) in enumerate(one):
-                q = quiet.get(pos)
-                out += (self.on_run(board_id, ts, cols) if q is None
-                        else self._take_quiet_sample(board_id, int(ts[0]), q))
+        if not short:
+            return out
+        # the short runs of each shape joined into one set of columns, once (not a slice per
+        # board and round): round j screens row start + j of every run longer than j
+        shapes: dict[tuple[int, int], list[int]] = {}
+        for i in short:
+            c = runs[i][2]
+            shapes.setdefault((c["temps_dc"].shape[1], c["cells_mv"].shape[1]), []).append(i)
+        joined = []
+        for members in shapes.values():
+            lens = np.array([len(runs[i][1]) for i in members])
+            joined.append((members, lens, np.cumsum(lens) - lens,
+                           np.concatenate([runs[i][1] for i in members]),
+                           {k: np.concatenate([runs[i][2][k] for i in members])
+                            for k in _SCREENED}))
+        for j in range(max(len(runs[i][1]) for i in short)):
+            quiet: dict[int, _QuietSample] = {}
+            for members, lens, starts, ts, cols in joined:
+                sel = np.flatnonzero(lens > j)
+                if len(sel) < _FLEET_MIN:
+                    continue
+                rows = starts[sel] + j
+                if len(rows) < len(ts):  # (one sample per run: the columns as they are)
+                    ts, cols = ts[rows], {k: v[rows] for k, v in cols.items()}
+                keys = [members[x] for x in sel.tolist()]
+                quiet.update(self._quiet_samples(keys, [runs[i][0] for i in keys], ts, cols))
+            for i in short:
+                board_id, ts, cols = runs[i]
+                if len(ts) <= j:
+                    continue
+                q = quiet.get(i)
+                if q is not None:
+                    out += self._take_quiet_sample(board_id, int(ts[j]), q)
+                elif len(ts) == 1:
+                    out += self.on_run(board_id, ts, cols)
+                else:
+                    out += self.on_run(board_id, ts[j:j + 1],
+                                       {k: v[j:j + 1] for k, v in cols.items()})
         return out
 
-    def _quiet_samples(self, runs: Sequence[tuple[int, np.ndarray, Mapping[str, np.ndarray]]]
-                       ) -> dict[int, _QuietSample]:
-        """Of one-sample runs of distinct boards, those in which nothing can happen (as
-        _quiet_run; the tests hold them to on_sample), by position, with what
-        _take_quiet_sample needs."""
+    def _quiet_samples(self, keys: Sequence[int], board_ids: Sequence[int], ts_ms: np.ndarray,
+                       cols: Mapping[str, np.ndarray]) -> dict[int, _QuietSample]:
+        """Of one sample each of distinct boards (row by row: its key, board, time and the
+        _SCREENED columns), those in which nothing can happen (as _quiet_run; the tests hold
+        them to on_sample), by key, with what _take_quiet_sample needs."""
         shelf_ms = self._shelf_ms()  # (once for all boards)
+        n_probes = cols["temps_dc"].shape[1]  # (one shape: the same for every row)
         groups: dict[tuple[Any, ...], list[_Candidate]] = {}
-        for i, (board_id, ts, cols) in enumerate(runs):
+        for row, (board_id, t) in enumerate(zip(board_ids, ts_ms.tolist(), strict=True)):
             b, p = self._board(board_id)
-            t = int(ts[0])
             if (b.last_sample_ms is not None and t <= b.last_sample_ms) \
                     or not self._calm(b, board_id, t, shelf_ms):
                 continue
-            n_probes, n_cells = cols["temps_dc"].shape[1], cols["cells_mv"].shape[1]
             # the rise reference and the previous sample, as _remember will leave them
             hist, n = b.hist, len(b.hist)
             r = 0
@@ -428,16 +458,16 @@ class AlarmEngine:
             # a probe rising at >= the thermal event's dT/dt (at 10 Hz one 0.1 K step does)
             since = [-1 if x is None else x for x in (b.rising_since_ms + [None] * n_probes)]
             steps = (b.rising_steps + [0] * n_probes)[:n_probes]
-            key = (p.chemistry, n_probes, n_cells, p.probe_cell)
-            groups.setdefault(key, []).append(_Candidate(i, b, p, t, n > 0, ref, prev,
-                                                         since[:n_probes], steps))
+            groups.setdefault((p.chemistry, p.probe_cell), []).append(
+                _Candidate(row, b, p, t, n > 0, ref, prev, since[:n_probes], steps))
         out: dict[int, _QuietSample] = {}
-        for (chem, n_probes, _, probe_cell), members in groups.items():
-            idx = [m.pos for m in members]
-            col = {k: np.concatenate([runs[i][2][k] for i in idx]) for k in
-                   ("pack_mv", "current_ma", "riso_pos_kohm", "riso_neg_kohm", "alarm_flags")}
-            temps = np.concatenate([runs[i][2]["temps_dc"] for i in idx]).astype(np.int64)
-            cells = np.concatenate([runs[i][2]["cells_mv"] for i in idx]).astype(np.int64)
+        for (chem, probe_cell), members in groups.items():
+            col = cols
+            if len(members) < len(ts_ms):  # (nearly always one group: the rows as they are)
+                idx = [m.pos for m in members]
+                col = {k: v[idx] for k, v in cols.items()}
+            temps = col["temps_dc"].astype(np.int64)
+            cells = col["cells_mv"].astype(np.int64)
             ts = np.array([m.ts_ms for m in members], np.int64)
             has_ref = np.array([m.has_hist for m in members])
             ref_ts = np.array([m.ref[0] for m in members], np.int64)
@@ -483,7 +513,7 @@ class AlarmEngine:
                 rising_now = None
                 if new_since is not None and m.has_hist:
                     rising_now = ([None if x < 0 else x for x in new_since[j]], new_steps[j])
-                out[m.pos] = _QuietSample(m.board, m.profile,
+                out[keys[m.pos]] = _QuietSample(m.board, m.profile,
                                           lists[0][j] if has_riso[j] else None, lists[1][j],
                                           lists[2][j], lists[3][j], lists[4][j], lists[5][j],
                                           rise, rising_now)
