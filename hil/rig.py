@@ -351,7 +351,7 @@ def run(sc: Scenario, *, transport: str = "serial", board: str = "virtual",
                 end_stored = report.stored  # and every frame stored by then be in the DB
             if end_seq is not None and t_s >= sc.duration_s + sc.drain_s:
                 drained = drained or time.monotonic()
-                # the last frames need the daemon's acks: they come every 0.5 s of real time
+                # the last frames need the daemon's acks: they come every 2 s of real time
                 if report.acked >= end_seq - 1 or time.monotonic() - drained > DRAIN_REAL_S:
                     break
             if time.monotonic() > deadline:
