@@ -513,10 +513,9 @@ class AlarmEngine:
                 rising_now = None
                 if new_since is not None and m.has_hist:
                     rising_now = ([None if x < 0 else x for x in new_since[j]], new_steps[j])
-                out[keys[m.pos]] = _QuietSample(m.board, m.profile,
-                                          lists[0][j] if has_riso[j] else None, lists[1][j],
-                                          lists[2][j], lists[3][j], lists[4][j], lists[5][j],
-                                          rise, rising_now)
+                out[keys[m.pos]] = _QuietSample(
+                    m.board, m.profile, lists[0][j] if has_riso[j] else None, lists[1][j],
+                    lists[2][j], lists[3][j], lists[4][j], lists[5][j], rise, rising_now)
         return out
 
     def _take_quiet_sample(self, board_id: int, ts_ms: int, q: _QuietSample

@@ -29,13 +29,21 @@ from typing import Any
 
 import numpy as np
 
+# the samples' columns as migration 1 made them and migration 3 makes them again (part of
+# those migrations: never edit)
+_V1_SAMPLE_COLUMNS = """board_id INTEGER NOT NULL, boot INTEGER NOT NULL, seq INTEGER NOT NULL,
+        ts_ms INTEGER NOT NULL, rx_ms INTEGER NOT NULL, flags INTEGER NOT NULL,
+        pack_mv INTEGER NOT NULL, current_ma INTEGER NOT NULL,
+        riso_pos_kohm INTEGER NOT NULL, riso_neg_kohm INTEGER NOT NULL,
+        alarm_level INTEGER NOT NULL, alarm_flags INTEGER NOT NULL,
+        temps_dc BLOB NOT NULL, cells_mv BLOB NOT NULL"""
 # the estimates' columns as migration 2 makes them (part of that migration: never edit)
 _V2_ESTIMATE_COLUMNS = """board_id INTEGER NOT NULL, unit INTEGER NOT NULL, ts_ms INTEGER NOT NULL,
     soc_pct REAL, capacity_ah REAL, capacity_sigma_ah REAL, soh_pct REAL, soh_sigma_pct REAL,
     r0_mohm REAL, r0_sigma_mohm REAL, r0_growth_pct REAL, rul_days REAL, rul_efc REAL, efc REAL"""
 MIGRATIONS: tuple[str, ...] = (
     # 0 -> 1
-    """
+    f"""
     CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
     CREATE TABLE boards (
         board_id INTEGER PRIMARY KEY,
@@ -51,12 +59,7 @@ MIGRATIONS: tuple[str, ...] = (
         status TEXT
     );
     CREATE TABLE samples (
-        board_id INTEGER NOT NULL, boot INTEGER NOT NULL, seq INTEGER NOT NULL,
-        ts_ms INTEGER NOT NULL, rx_ms INTEGER NOT NULL, flags INTEGER NOT NULL,
-        pack_mv INTEGER NOT NULL, current_ma INTEGER NOT NULL,
-        riso_pos_kohm INTEGER NOT NULL, riso_neg_kohm INTEGER NOT NULL,
-        alarm_level INTEGER NOT NULL, alarm_flags INTEGER NOT NULL,
-        temps_dc BLOB NOT NULL, cells_mv BLOB NOT NULL,
+        {_V1_SAMPLE_COLUMNS},
         PRIMARY KEY (board_id, boot, seq)
     ) WITHOUT ROWID;
     CREATE INDEX samples_time ON samples (board_id, ts_ms);
@@ -144,15 +147,8 @@ MIGRATIONS: tuple[str, ...] = (
     # appended at the table's end take SQLite's cheap path, and only the two small index
     # entries land inside the boards' runs (a micro-batch of 30 000 96-cell rows on disk:
     # 7.2 -> 5.3 us a row). A board's time range is read through samples_time.
-    """
-    CREATE TABLE samples_by_arrival (
-        board_id INTEGER NOT NULL, boot INTEGER NOT NULL, seq INTEGER NOT NULL,
-        ts_ms INTEGER NOT NULL, rx_ms INTEGER NOT NULL, flags INTEGER NOT NULL,
-        pack_mv INTEGER NOT NULL, current_ma INTEGER NOT NULL,
-        riso_pos_kohm INTEGER NOT NULL, riso_neg_kohm INTEGER NOT NULL,
-        alarm_level INTEGER NOT NULL, alarm_flags INTEGER NOT NULL,
-        temps_dc BLOB NOT NULL, cells_mv BLOB NOT NULL
-    );
+    f"""
+    CREATE TABLE samples_by_arrival ({_V1_SAMPLE_COLUMNS});
     INSERT INTO samples_by_arrival SELECT * FROM samples ORDER BY rx_ms;
     DROP TABLE samples;
     ALTER TABLE samples_by_arrival RENAME TO samples;
@@ -306,6 +302,9 @@ class Storage:
             raise StorageError(f"{self.path}: schema version {v} is newer than this packsentry "
                                f"({SCHEMA_VERSION}); upgrade packsentry")
         for i in range(v, SCHEMA_VERSION):
+            if v:  # (a new database is made, not migrated: nothing to say)
+                log.info("%s: migrating the schema from version %d to %d (a large database "
+                         "may take minutes)", self.path, i, i + 1)
             with self.transaction():
                 for stmt in _statements(MIGRATIONS[i]):
                     self.db.execute(stmt)
