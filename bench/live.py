@@ -403,22 +403,12 @@ class _Publisher:
                 return
             buf += got
             pos = 0
-            while True:  # whole packets: type, remaining length (1-4 bytes), body
-                n = shift = 0
-                head = pos + 1
-                while head < len(buf) and head - pos <= 4:
-                    n |= (buf[head] & 0x7F) << shift
-                    shift += 7
-                    head += 1
-                    if not buf[head - 1] & 0x80:
-                        break
-                else:
-                    break  # the length is not all here yet
-                if len(buf) < head + n:
-                    break
+            # whole packets: the broker sends this client PUBACKs only (no subscriptions, no
+            # keep-alive), each a type byte and a remaining length under 128, then the body
+            while len(buf) - pos >= 2 and len(buf) - pos >= 2 + buf[pos + 1]:
                 if buf[pos] >> 4 == 4:  # PUBACK
                     self.acked += 1
-                pos = head + n
+                pos += 2 + buf[pos + 1]
             buf = buf[pos:]
 
     def packet(self, topic: str, payload: bytes, retain: bool = False) -> bytes:

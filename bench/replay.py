@@ -17,7 +17,8 @@ runs), timed from spawn to exit (start-up, reading the trace, the pipeline, the 
 write). First the first 10 minutes twice (a warm-up that may fill numba's cache, then the
 calibration) and the births alone (the start-up); then the longest prefix, in whole chunks,
 that the time budget allows by the start-up plus the calibration's marginal time per chunk:
-on this machine the whole day. The figure is the replayed span over its wall time; when the
+the whole day on a Xeon (~85 s) and on an AMD EPYC box (~148 s), not always on a slow hour
+of the latter. The figure is the replayed span over its wall time; when the
 prefix is not the whole day the note says so and the 24 h time is extrapolated linearly.
 Every sample of the prefix must be in the database.
 """

@@ -374,9 +374,9 @@ def _history(rows: list[tuple[Any, ...]], t0: int) -> list[Estimate]:
     time order: after each time's rows, the board's values from every unit's newest row so
     far (the weakest cell limits a series string: capacity, SoH, SOC; resistances in series
     add up: R0, only when every unit has one); an entry wherever the capacity changed. In
-    numpy, over a
-    (time, unit) table of each unit's newest row (one by one, a day of 100 packs' 1.4 M rows
-    took 0.9 s; the same entries, checked on that day with gaps and NULLs added)."""
+    numpy, over a (time, unit) table of each unit's newest row (one by one, a day of 100
+    packs' 1.4 M rows took 0.9 s; the same entries, checked on that day with gaps and NULLs
+    added)."""
     if not rows:
         return []
     ts_ms, unit, *values = zip(*rows, strict=True)

@@ -410,15 +410,17 @@ class AlarmEngine:
                             for k in _SCREENED}))
         for j in range(max(len(runs[i][1]) for i in short)):
             quiet: dict[int, _QuietSample] = {}
-            for members, lens, starts, ts, cols in joined:
+            for members, lens, starts, all_ts, all_cols in joined:
                 sel = np.flatnonzero(lens > j)
                 if len(sel) < _FLEET_MIN:
                     continue
                 rows = starts[sel] + j
-                if len(rows) < len(ts):  # (one sample per run: the columns as they are)
-                    ts, cols = ts[rows], {k: v[rows] for k, v in cols.items()}
+                r_ts, r_cols = all_ts, all_cols  # (one sample per run: the columns as they are)
+                if len(rows) < len(all_ts):
+                    r_ts, r_cols = all_ts[rows], {k: v[rows] for k, v in all_cols.items()}
                 keys = [members[x] for x in sel.tolist()]
-                quiet.update(self._quiet_samples(keys, [runs[i][0] for i in keys], ts, cols))
+                found = self._quiet_samples([runs[i][0] for i in keys], r_ts, r_cols)
+                quiet.update((keys[row], q) for row, q in found.items())
             for i in short:
                 board_id, ts, cols = runs[i]
                 if len(ts) <= j:
@@ -433,11 +435,11 @@ class AlarmEngine:
                                        {k: v[j:j + 1] for k, v in cols.items()})
         return out
 
-    def _quiet_samples(self, keys: Sequence[int], board_ids: Sequence[int], ts_ms: np.ndarray,
+    def _quiet_samples(self, board_ids: Sequence[int], ts_ms: np.ndarray,
                        cols: Mapping[str, np.ndarray]) -> dict[int, _QuietSample]:
-        """Of one sample each of distinct boards (row by row: its key, board, time and the
+        """Of one sample each of distinct boards (row by row: its board, time and the
         _SCREENED columns), those in which nothing can happen (as _quiet_run; the tests hold
-        them to on_sample), by key, with what _take_quiet_sample needs."""
+        them to on_sample), by row, with what _take_quiet_sample needs."""
         shelf_ms = self._shelf_ms()  # (once for all boards)
         n_probes = cols["temps_dc"].shape[1]  # (one shape: the same for every row)
         groups: dict[tuple[Any, ...], list[_Candidate]] = {}
@@ -513,7 +515,7 @@ class AlarmEngine:
                 rising_now = None
                 if new_since is not None and m.has_hist:
                     rising_now = ([None if x < 0 else x for x in new_since[j]], new_steps[j])
-                out[keys[m.pos]] = _QuietSample(
+                out[m.pos] = _QuietSample(
                     m.board, m.profile, lists[0][j] if has_riso[j] else None, lists[1][j],
                     lists[2][j], lists[3][j], lists[4][j], lists[5][j], rise, rising_now)
         return out
