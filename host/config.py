@@ -87,7 +87,11 @@ class DaemonConfig:
     log_level: str = "info"
     queue_size: int = 20_000  # frames between the sources and the processor
     batch_max: int = 2_000  # frames per micro-batch (one transaction)
-    batch_wait_ms: int = 20  # how long a micro-batch waits to fill
+    # how long a micro-batch waits to fill. 0: it takes what is queued. Frames pile up while
+    # a batch is processed and committed, so batches grow with the load by themselves (a
+    # group commit); a fixed wait only added itself to every alarm's latency (20 ms: p50
+    # 101 ms at 10 000 frames/s, 0: 17 ms)
+    batch_wait_ms: int = 0
     gap_settle_s: float = 30.0  # a seq gap not shrinking this long is given up (frames lost)
 
 
@@ -135,9 +139,11 @@ def parse(text: str, name: str = "<config>", base: Path | None = None) -> Daemon
             daemon_kw[key] = c.typed(f"daemon.{key}", d[key], type(getattr(base_defaults, key)))
     if daemon_kw.get("log_level", "info") not in _LOG_LEVELS:
         c.add("daemon.log_level", f"must be one of {', '.join(_LOG_LEVELS)}")
-    for key in ("queue_size", "batch_max", "batch_wait_ms"):
+    for key in ("queue_size", "batch_max"):
         if daemon_kw.get(key, 1) < 1:
             c.add(f"daemon.{key}", "must be >= 1")
+    if daemon_kw.get("batch_wait_ms", 0) < 0:
+        c.add("daemon.batch_wait_ms", "must be >= 0")
 
     storage = c.section("storage", doc.get("storage", {}), StorageConfig)
     if storage is not None:

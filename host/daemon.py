@@ -11,7 +11,8 @@ boards' stores hold the data; MQTT: Receive Maximum stops the broker first).
 
 Crash-only: an unexpected error in the processor is logged and the daemon exits with status
 3 (systemd restarts it). Nothing is lost by that, since nothing is acknowledged before it is
-committed; estimator and alarm state are saved every 10 s and on every alarm change.
+committed; estimator and alarm state are saved every 10 s (a tenth of it each second) and a
+board's alarm state on every change of its alarms.
 SIGTERM/SIGINT stop it cleanly: sources stop, the queue is drained and committed, state saved.
 """
 

@@ -46,7 +46,12 @@ log = logging.getLogger("packsentry.pipeline")
 NO_CELL = 0xFFFF  # probe_cell: probe not on a cell
 
 STATE_EVERY_MS = 10_000  # estimator and alarm state saved at least this often (default)
+# ... the alarm engine's boards a slice at a time: a 1 000-board fleet's state is megabytes of
+# JSON, and one transaction writing it all stalled the micro-batch behind it (see _save_due)
+STATE_SLICES = 10
 ALARM_PART = "alarms/board/"  # + board id: one engine_state row per board
+SOH_PART = "soh/units/"  # + k: the estimator's units k*SOH_PART_UNITS.. (a row each, ~1 MB)
+SOH_PART_UNITS = 2048
 # After a link outage the board's live frames arrive before its re-sent backlog. Evaluating
 # them first would make the alarm engine skip the backlog (rates and latches only move
 # forward), so the host would learn what happened during the outage only from what is still
@@ -161,7 +166,8 @@ class Processor:
         self.unit_cell = np.zeros(0, np.int64)  # -1: the pack
         self.unit_updates = np.zeros(0, np.int64)  # capacity_updates when last stored
         self.unit_stored_ms = np.zeros(0, np.int64)
-        self._state_saved_ms = 0
+        self._slice_saved_ms = 0
+        self._slice = 0  # the slice of the boards the next periodic alarm save writes
         self._load()
 
     # -- start-up --------------------------------------------------------------------------
@@ -169,10 +175,8 @@ class Processor:
     def _load(self) -> None:
         now = self.clock_ms()
         st = self.storage
-        raw = st.load_state("soh")
-        if raw is not None:
-            with np.load(io.BytesIO(raw)) as z:
-                arrays = {k: z[k] for k in z.files}
+        arrays = self._load_soh()
+        if arrays is not None:
             self.unit_board = arrays.pop("_unit_board")
             self.unit_cell = arrays.pop("_unit_cell")
             self.unit_updates = arrays.pop("_unit_updates")
@@ -194,7 +198,36 @@ class Processor:
                 self._bind_units(bs)
         for (board, boot), ivs in st.seq_ranges().items():
             self.delivery.restore(board, boot, ivs, now)
-        self._state_saved_ms = now
+        self._slice_saved_ms = now
+
+    def _load_soh(self) -> dict[str, np.ndarray] | None:
+        """The estimator's saved state: the "soh" row, and its units' parts side by side up
+        to the first part saved before all of its units existed (the units after that
+        start afresh: their boards get new ones in _bind_units). A "soh" row that holds
+        the units itself is the format before the parts."""
+        raw = self.storage.load_state("soh")
+        if raw is None:
+            return None
+        with np.load(io.BytesIO(raw)) as z:
+            arrays = {k: z[k] for k in z.files}
+        n_units = int(arrays.pop("_n_units", -1))
+        if n_units < 0:
+            return arrays
+        parts = []
+        per_unit = ("s", "_unit_board", "_unit_cell", "_unit_updates", "_unit_stored_ms")
+        for k, raw_part in sorted((int(name[len(SOH_PART):]), v) for name, v
+                                  in self.storage.load_states(SOH_PART).items()):
+            if k != len(parts) or k * SOH_PART_UNITS >= n_units:
+                break
+            with np.load(io.BytesIO(raw_part)) as z:
+                parts.append({key: z[key] for key in per_unit})
+            if parts[-1]["s"].shape[1] < min(SOH_PART_UNITS, n_units - k * SOH_PART_UNITS):
+                break
+        axis = {"s": 1}
+        for key in per_unit:
+            arrays[key] = np.concatenate([arrays[key]] + [p[key] for p in parts],
+                                         axis=axis.get(key, 0))
+        return arrays
 
     def _bind_units(self, bs: BoardState) -> None:
         """Estimator units for a board: one per cell when cells are measured, else the pack.
@@ -697,10 +730,7 @@ class Processor:
             self._record_gaps(gap_changes, b, now)
             if b.events:
                 st.write_alarm_events(b.events, now)
-            if now - self._state_saved_ms >= self.state_every_ms:
-                self._save_state(now)
-            elif b.events and self.state_every_ms <= STATE_EVERY_MS:
-                self._save_alarm_parts(self.engine.take_dirty(), now)
+            self._save_due(now, bool(b.events))
         self.stats.commits += 1
         for done in b.after:
             if done is not None:
@@ -728,14 +758,51 @@ class Processor:
                     b.events += self.engine.on_seq_gap(c.board_id, now, g.hi - g.lo)
 
     def _save_state(self, now: int) -> None:
-        buf = io.BytesIO()
-        np.savez(buf, _unit_board=self.unit_board, _unit_cell=self.unit_cell,
-                 _unit_updates=self.unit_updates, _unit_stored_ms=self.unit_stored_ms,
-                 **self.soh.state())
-        self.storage.save_state("soh", buf.getvalue(), now)
+        """All of it (a clean stop, an operator's action)."""
+        self._save_soh(now, range(self._soh_parts()))
         self.engine.take_dirty()
         self._save_alarm_parts(self.engine.boards(), now)
-        self._state_saved_ms = now
+
+    def _save_due(self, now: int, moved: bool) -> None:
+        """What is due, in the caller's transaction: the boards an alarm event moved, at
+        once (the saved state then knows every alarm id the database holds); every board's
+        alarm state once per state_every_ms, a slice of the fleet at a time; the estimator's
+        state once per state_every_ms."""
+        boards = self.engine.take_dirty() if moved and self.state_every_ms <= STATE_EVERY_MS \
+            else set()
+        if now - self._slice_saved_ms >= self.state_every_ms // STATE_SLICES:
+            self._slice_saved_ms = now
+            k, self._slice = self._slice, (self._slice + 1) % STATE_SLICES
+            boards.update(self.engine.boards()[k::STATE_SLICES])
+            self._save_soh(now, range(k, self._soh_parts(), STATE_SLICES))
+        if boards:
+            self._save_alarm_parts(boards, now)
+
+    def _soh_parts(self) -> int:
+        return -(-len(self.soh) // SOH_PART_UNITS)
+
+    def _save_soh(self, now: int, parts: Iterable[int]) -> None:
+        """The estimator's settings and unit count ("soh") and the given parts of its units
+        (SOH_PART + k: units k*SOH_PART_UNITS.., their state and what they belong to)."""
+        def npz(**arrays: np.ndarray) -> bytes:
+            buf = io.BytesIO()
+            np.savez(buf, **arrays)
+            return buf.getvalue()
+
+        rows = []
+        for k in parts:
+            lo, hi = k * SOH_PART_UNITS, (k + 1) * SOH_PART_UNITS
+            rows.append((f"{SOH_PART}{k}", npz(
+                s=self.soh.state(lo, hi)["s"], _unit_board=self.unit_board[lo:hi],
+                _unit_cell=self.unit_cell[lo:hi], _unit_updates=self.unit_updates[lo:hi],
+                _unit_stored_ms=self.unit_stored_ms[lo:hi])))
+        if not rows:
+            return
+        empty = np.zeros(0, np.int64)
+        rows.append(("soh", npz(**self.soh.state(0, 0), _n_units=np.array(len(self.soh)),
+                                _unit_board=empty, _unit_cell=empty, _unit_updates=empty,
+                                _unit_stored_ms=empty)))
+        self.storage.save_states(rows, now)
 
     def _save_alarm_parts(self, boards: Iterable[int], now: int) -> None:
         """The alarm engine's id counter and the given boards' parts. After an alarm event
@@ -808,9 +875,12 @@ class Processor:
                 self.storage.finish_action(i, result, now)
             if events:
                 self.storage.write_alarm_events(events, now)
-            if results or (events and self.state_every_ms <= STATE_EVERY_MS) or \
-                    now - self._state_saved_ms >= self.state_every_ms:
+            # an operator's action may change what no event shows (a board back in service
+            # with nothing open): the whole state
+            if results:
                 self._save_state(now)
+            else:
+                self._save_due(now, bool(events))
         for bs, what in b.commands:
             self._command(bs, what)
         self._request_resends(list(self.boards), now)

@@ -847,11 +847,13 @@ class SohBank:
             "pairs_rejected": s[F_PAIRS_REJECTED].astype(np.int64),
         }
 
-    def state(self) -> dict[str, np.ndarray]:
-        """Everything needed to continue (arrays only: np.savez-able)."""
+    def state(self, lo: int = 0, hi: int | None = None) -> dict[str, np.ndarray]:
+        """Everything needed to continue (arrays only: np.savez-able). lo, hi: only units
+        lo..hi-1 in "s" (a save in parts; from_state takes the parts' "s" side by side)."""
+        hi = self._n if hi is None else min(hi, self._n)
         return {
             "version": np.array(STATE_VERSION),
-            "s": self._s[:, : self._n].copy(),
+            "s": self._s[:, lo:hi].copy(),
             "cfg": self._cfg.copy(),
             "cfg_names": np.array(_CFG_ORDER),
             "chem_params": self._p.copy(),

@@ -3,6 +3,7 @@ suppression, the board's own alarms, recurrence, prediction, and a restart mid-s
 
 from __future__ import annotations
 
+import itertools
 import json
 import random
 import re
@@ -274,6 +275,37 @@ def test_rise_rate_l2_after_two_minutes_l3_at_once_clears_after_two_minutes() ->
     assert rig.level("temp_rise_rate") >= 2
     rig.feed(130, temps=(250, round(t), 250))
     assert rig.level("temp_rise_rate") == 0
+
+
+def test_a_10hz_boards_saved_rise_history_is_one_sample_a_second_and_a_restart_keeps_rates(
+        ) -> None:
+    """The saved state keeps the rise reference, one sample a second and the two newest; an
+    engine restored from it raises the rise rate alarm within a second of one that ran on
+    (its reference is at most a second older), and a minute on their histories are the same."""
+    rig = Rig(sample_period_ms=100)
+    rig.feed(90, step_s=0.1, temps=hot(250))
+    saved = json.loads(json.dumps(rig.engine.state()))
+    hist = saved["boards"][str(BOARD)]["hist"]
+    assert 60 <= len(hist) <= 63 < 600  # a minute: 600 samples in memory
+    steps = [b[0] - a[0] for a, b in itertools.pairwise(hist[:-2])]
+    assert min(steps) >= 1000 and hist[-1][0] == rig.t and hist[-2][0] == rig.t - 100
+    restored = AlarmEngine.from_state(saved)
+    t = 250.0
+    raised: list[int | None] = [None, None]
+    for k in range(600):  # 6 K/min: L3 once the minute shows it
+        rig.t += 100
+        t += 0.1
+        for i, engine in enumerate((rig.engine, restored)):
+            events = engine.on_sample(BOARD, rig.t, sample(temps=(250, round(t), 250)))
+            if raised[i] is None and any(e.rule == "temp_rise_rate" and e.level == 3
+                                         for e in events):
+                raised[i] = k
+    assert raised[0] is not None and raised[1] is not None
+    assert 0 <= raised[1] - raised[0] <= 10
+    def history(engine: AlarmEngine) -> list[Any]:
+        return engine.state()["boards"][str(BOARD)]["hist"]
+
+    assert history(restored) == history(rig.engine)
 
 
 def _runaway(rig: Rig, start: int, rate_dc_per_s: int, seconds: int, **kw: Any) -> None:

@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 
 from packsentry.hil.model_board import PyBoard
+from packsentry.host import pipeline
 from packsentry.host.alarms import AlarmEngine
 from packsentry.host.cli import main
 from packsentry.host.pipeline import Inbound, Processor
@@ -201,7 +202,7 @@ def test_an_alarm_event_saves_only_its_boards_part_and_a_crash_restart_continues
     feed(p, link, quiet.birth(), hot.birth())
     p.save()  # every board's part
     saved = dict(p.storage.db.execute("SELECT name, saved_ms FROM engine_state"))
-    clock.ms += 1000
+    clock.ms += 500  # (before the next periodic slice is due: STATE_EVERY_MS / STATE_SLICES)
     feed(p, link, quiet.sample(ts_ms=clock.ms), hot.sample(ts_ms=clock.ms, temp_dc=650))
     now = dict(p.storage.db.execute("SELECT name, saved_ms FROM engine_state"))
     moved = {name for name in now if now[name] != saved.get(name)}
@@ -215,6 +216,81 @@ def test_an_alarm_event_saves_only_its_boards_part_and_a_crash_restart_continues
     feed(q, link, quiet.sample(ts_ms=clock.ms, temp_dc=650))
     new = {a["alarm_id"] for a in q.storage.alarms()} - before
     assert new and min(new) > max(before)  # fresh ids, no row overwritten
+
+
+def test_the_periodic_save_writes_every_board_once_a_slice_at_a_time(tmp_path: Path) -> None:
+    """Every board's alarm part is written once per STATE_EVERY_MS, a tenth of the fleet per
+    STATE_EVERY_MS / STATE_SLICES (no one transaction carries the whole fleet's state); the
+    estimator's state once per STATE_EVERY_MS; a restart from the parts continues."""
+    clock = Clock()
+    p = make(tmp_path, clock)
+    boards = [PyBoard(b) for b in range(1, 31)]
+    link = Recorder()
+    feed(p, link, *(b.birth() for b in boards))
+    p.save()
+    step_ms = pipeline.STATE_EVERY_MS // pipeline.STATE_SLICES
+    written: list[set[str]] = []
+    for _ in range(pipeline.STATE_SLICES):
+        before = dict(p.storage.db.execute("SELECT name, saved_ms FROM engine_state"))
+        clock.ms += step_ms
+        feed(p, link, *(b.sample(ts_ms=clock.ms) for b in boards))
+        now = dict(p.storage.db.execute("SELECT name, saved_ms FROM engine_state"))
+        written.append({n for n in now if now[n] != before.get(n)})
+    parts = [{n for n in w if n.startswith(pipeline.ALARM_PART)} for w in written]
+    assert all(len(w) == len(boards) // pipeline.STATE_SLICES for w in parts)
+    assert set().union(*parts) == {f"{pipeline.ALARM_PART}{b.board_id}" for b in boards}
+    assert sum("soh" in w for w in written) == 1
+    p.storage.close()  # no p.save(): as if killed
+    q = make(tmp_path, clock)
+    restored = q.engine.state()["boards"]
+    assert sorted(restored) == sorted(str(b.board_id) for b in boards)
+    # every board as it was at most one period ago, and not all of them from the same moment
+    seen = {b["last_sample_ms"] for b in restored.values()}
+    assert min(seen) >= clock.ms - pipeline.STATE_EVERY_MS and len(seen) == pipeline.STATE_SLICES
+
+
+def test_the_estimators_state_is_saved_in_parts_and_a_restart_joins_them(
+        tmp_path: Path) -> None:
+    """The estimator's units are saved SOH_PART_UNITS at a time, each part in its own slice
+    of the period; a restart joins the parts as they were saved. A part saved before all of
+    its units existed ends the join there: the boards beyond get new units."""
+    import numpy as np
+
+    clock = Clock()
+    p = make(tmp_path, clock)
+    boards = [PyBoard(b, n_cells=96) for b in range(1, 31)]  # 2 880 units: 2 parts
+    link = Recorder()
+    feed(p, link, *(b.birth() for b in boards))
+    step_ms = pipeline.STATE_EVERY_MS // pipeline.STATE_SLICES
+    s_at = []
+    for _ in range(2):
+        clock.ms += step_ms
+        feed(p, link, *(b.sample(ts_ms=clock.ms) for b in boards))
+        s_at.append(p.soh.state()["s"])
+    cut = pipeline.SOH_PART_UNITS
+    assert not np.array_equal(s_at[0][:, cut:], s_at[1][:, cut:])  # the estimator moved on
+    p.storage.close()  # as if killed: part 0 from the first slice, part 1 from the second
+    q = make(tmp_path, clock)
+    np.testing.assert_array_equal(q.soh.state()["s"],
+                                  np.hstack([s_at[0][:, :cut], s_at[1][:, cut:]]))
+    # part 0 saved with fewer units than it holds now, then part 1 and the count: the join
+    # stops at part 0's end
+    r = make(tmp_path / "grow", clock)
+    few = [PyBoard(b, n_cells=96) for b in range(1, 21)]  # 1 920 units
+    feed(r, link, *(b.birth() for b in few))
+    clock.ms += step_ms
+    feed(r, link, *(b.sample(ts_ms=clock.ms) for b in few))  # slice 0: part 0, 1 920 units
+    part0 = r.soh.state()["s"]
+    feed(r, link, *(b.birth() for b in boards[20:]))  # 2 880 units
+    clock.ms += step_ms
+    feed(r, link, *(b.sample(ts_ms=clock.ms) for b in boards))  # slice 1: part 1
+    assert len(r.soh) == 2880
+    r.storage.close()
+    again = make(tmp_path / "grow", clock)
+    s = again.soh.state()["s"]
+    # the first 20 boards continue from part 0; the last 10 were given units afresh
+    np.testing.assert_array_equal(s[:, :1920], part0)
+    assert len(again.soh) == 2880 and not np.array_equal(s[:, 1920:], r.soh.state()["s"][:, 1920:])
 
 
 def test_docs_example_config_is_valid(tmp_path: Path) -> None:
