@@ -46,8 +46,9 @@ log = logging.getLogger("packsentry.pipeline")
 NO_CELL = 0xFFFF  # probe_cell: probe not on a cell
 
 STATE_EVERY_MS = 10_000  # estimator and alarm state saved at least this often (default)
-# ... the alarm engine's boards a slice at a time: a 1 000-board fleet's state is megabytes of
-# JSON, and one transaction writing it all stalled the micro-batch behind it (see _save_due)
+# ... a tenth of it each STATE_EVERY_MS / STATE_SLICES (the alarm engine's boards, the
+# estimator's unit parts): a 1 000-board fleet's state is megabytes, and one transaction
+# writing it all stalled the micro-batch behind it by 0.1-0.8 s (see _save_due)
 STATE_SLICES = 10
 ALARM_PART = "alarms/board/"  # + board id: one engine_state row per board
 SOH_PART = "soh/units/"  # + k: the estimator's units k*SOH_PART_UNITS.. (a row each, ~1 MB)
