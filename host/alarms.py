@@ -252,9 +252,11 @@ class _Board:
     trends: dict[str, _Trend] = field(default_factory=dict)  # "insulation" | "temp_high"
 
     def to_dict(self) -> dict[str, Any]:
-        d = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        # (vars, not dataclasses.fields and asdict: this runs for every board every 10 s,
+        # and asdict deep-copies; the profile's fields are flat)
+        d = {name: getattr(self, name) for name in _BOARD_FIELDS}
         d["hist"] = _thinned(self.hist)
-        d["profile"] = dataclasses.asdict(self.profile) if self.profile else None
+        d["profile"] = dict(vars(self.profile)) if self.profile else None
         d["trends"] = {k: t.to_dict() for k, t in self.trends.items()}
         return d
 
@@ -267,6 +269,9 @@ class _Board:
             d["profile"] = BoardProfile(**p)
         d["trends"] = {k: _Trend(**t) for k, t in d["trends"].items()}
         return cls(**d)
+
+
+_BOARD_FIELDS = tuple(f.name for f in dataclasses.fields(_Board))
 
 
 class _Candidate(NamedTuple):
