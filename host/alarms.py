@@ -926,7 +926,9 @@ class AlarmEngine:
                 tr = self._track(board_id, "board_silent", "")
                 tr.host_level, tr.value, tr.detail = 1, float(age // p.sample_period_ms), ""
                 out += self._apply(tr, now_ms)
-        pending = [t for t in self._tracks.values() if t.board_id in fresh
+        # (since_ms first: it is empty on nearly every track, and this runs over all of them
+        # every second)
+        pending = [t for t in self._tracks.values() if t.since_ms and t.board_id in fresh
                    and t.value is not None and t.rule in _THRESHOLD_RULES
                    and any(lvl > t.host_level for lvl in t.since_ms)]
         for tr in pending:

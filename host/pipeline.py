@@ -886,7 +886,7 @@ class Processor:
                 self._save_due(now, bool(events), slice_late_ms=self.state_every_ms // STATE_SLICES)
         for bs, what in b.commands:
             self._command(bs, what)
-        self._request_resends(list(self.boards), now)
+        self._request_resends({board for board, _ in self.delivery.gaps}, now)  # (no gap: no ask)
         self._send_acks(list(self.boards), now)
         for bs in self.boards.values():
             if bs.link is not None and now - bs.last_sync_ms >= TIME_SYNC_EVERY_MS:
