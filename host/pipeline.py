@@ -48,7 +48,7 @@ NO_CELL = 0xFFFF  # probe_cell: probe not on a cell
 STATE_EVERY_MS = 10_000  # estimator and alarm state saved at least this often (default)
 # ... a tenth of it each STATE_EVERY_MS / STATE_SLICES (the alarm engine's boards, the
 # estimator's unit parts): a 1 000-board fleet's state is megabytes, and one transaction
-# writing it all stalled the micro-batch behind it by 0.1-0.8 s (see _save_due)
+# writing it all stalled the micro-batch behind it by 0.1-0.8 s (see _save_slice)
 STATE_SLICES = 10
 ALARM_PART = "alarms/board/"  # + board id: one engine_state row per board
 SOH_PART = "soh/units/"  # + k: the estimator's units k*SOH_PART_UNITS.. (a row each, ~1 MB)
@@ -731,7 +731,7 @@ class Processor:
             self._record_gaps(gap_changes, b, now)
             if b.events:
                 st.write_alarm_events(b.events, now)
-            self._save_due(now, bool(b.events))
+                self._save_moved(now)
         self.stats.commits += 1
         for done in b.after:
             if done is not None:
@@ -742,6 +742,7 @@ class Processor:
         self._send_acks(b.touched | {c.board_id for c in gap_changes}, now)
         if b.events and self.notify is not None:
             self.notify(b.events)
+        self._save_slice(now)
 
     def _record_gaps(self, changes: list[GapChange], b: _Batch, now: int) -> None:
         for c in changes:
@@ -764,22 +765,26 @@ class Processor:
         self.engine.take_dirty()
         self._save_alarm_parts(self.engine.boards(), now)
 
-    def _save_due(self, now: int, moved: bool, slice_late_ms: int = 0) -> None:
-        """What is due, in the caller's transaction: the boards an alarm event moved, at
-        once (the saved state then knows every alarm id the database holds); every board's
-        alarm state once per state_every_ms, a slice of the fleet at a time; the estimator's
-        state once per state_every_ms. slice_late_ms: a slice only when that much overdue
-        (the tick leaves the slices to the micro-batches while they come: a tick that also
-        saved one made a single 30 ms stall of two 10-20 ms ones under the latency load)."""
-        boards = self.engine.take_dirty() if moved and self.state_every_ms <= STATE_EVERY_MS \
-            else set()
-        if now - self._slice_saved_ms >= self.state_every_ms // STATE_SLICES + slice_late_ms:
-            self._slice_saved_ms = now
-            k, self._slice = self._slice, (self._slice + 1) % STATE_SLICES
-            boards.update(self.engine.boards()[k::STATE_SLICES])
+    def _save_moved(self, now: int) -> None:
+        """In the caller's transaction, with its alarm events: the boards they moved (the
+        saved state then knows every alarm id the database holds)."""
+        if self.state_every_ms <= STATE_EVERY_MS:
+            self._save_alarm_parts(self.engine.take_dirty(), now)
+
+    def _save_slice(self, now: int, late_ms: int = 0) -> None:
+        """Every state_every_ms / STATE_SLICES a tenth of the state: the next slice of the
+        boards' alarm parts and of the estimator's unit parts, so that all of it is saved
+        once per state_every_ms and no transaction carries the whole fleet's. In a
+        transaction of its own, after the batch's acks and alarms went out. late_ms: only
+        when that much overdue (the tick leaves the slices to the micro-batches while they
+        come: a tick that also saved one stalled ~30 ms at once under the latency load)."""
+        if now - self._slice_saved_ms < self.state_every_ms // STATE_SLICES + late_ms:
+            return
+        self._slice_saved_ms = now
+        k, self._slice = self._slice, (self._slice + 1) % STATE_SLICES
+        with self.storage.transaction():
+            self._save_alarm_parts(self.engine.boards()[k::STATE_SLICES], now)
             self._save_soh(now, range(k, self._soh_parts(), STATE_SLICES))
-        if boards:
-            self._save_alarm_parts(boards, now)
 
     def _soh_parts(self) -> int:
         return -(-len(self.soh) // SOH_PART_UNITS)
@@ -882,8 +887,8 @@ class Processor:
             # with nothing open): the whole state
             if results:
                 self._save_state(now)
-            else:
-                self._save_due(now, bool(events), slice_late_ms=self.state_every_ms // STATE_SLICES)
+            elif events:
+                self._save_moved(now)
         for bs, what in b.commands:
             self._command(bs, what)
         self._request_resends({board for board, _ in self.delivery.gaps}, now)  # (no gap: no ask)
@@ -894,6 +899,7 @@ class Processor:
                 self._command(bs, "time_sync")
         if events and self.notify is not None:
             self.notify(events)
+        self._save_slice(now, late_ms=self.state_every_ms // STATE_SLICES)
 
     def _apply(self, action: str, args: dict[str, Any], actor: str, now: int,
                events: list[AlarmEvent]) -> str:
