@@ -174,8 +174,8 @@ class _Track:
         return (self.board_id, self.rule, self.scope)
 
     def to_dict(self) -> dict[str, Any]:
-        """The fields that differ from their defaults (most of a quiet track's do not: a
-        1000-board fleet's tracks are a third of the JSON this way)."""
+        """The fields that differ from their defaults (and the key): a quiet track's JSON
+        is ~100 bytes this way instead of ~450, and a board has a dozen tracks."""
         d = {name: v for name, default in _TRACK_DEFAULTS
              if (v := getattr(self, name)) != default or name in _TRACK_KEY}
         if self.since_ms:
@@ -252,8 +252,9 @@ class _Board:
     trends: dict[str, _Trend] = field(default_factory=dict)  # "insulation" | "temp_high"
 
     def to_dict(self) -> dict[str, Any]:
-        # (vars, not dataclasses.fields and asdict: this runs for every board every 10 s,
-        # and asdict deep-copies; the profile's fields are flat)
+        # (the field names listed once and the profile's vars, not dataclasses.fields and
+        # asdict: this runs for every board every 10 s, asdict deep-copies, and the
+        # profile's fields are flat)
         d = {name: getattr(self, name) for name in _BOARD_FIELDS}
         d["hist"] = _thinned(self.hist)
         d["profile"] = dict(vars(self.profile)) if self.profile else None

@@ -849,7 +849,7 @@ class SohBank:
 
     def state(self, lo: int = 0, hi: int | None = None) -> dict[str, np.ndarray]:
         """Everything needed to continue (arrays only: np.savez-able). lo, hi: only units
-        lo..hi-1 in "s" (a save in parts; from_state takes the parts' "s" side by side)."""
+        lo..hi-1 in "s" (a save in parts: side by side, the parts' "s" is from_state's)."""
         hi = self._n if hi is None else min(hi, self._n)
         return {
             "version": np.array(STATE_VERSION),
