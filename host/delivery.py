@@ -126,6 +126,10 @@ class Delivery:
         """The board was asked to re-send what it has not had acknowledged."""
         self.requested_ms[board_id] = now_ms
 
+    def gapped_boards(self) -> set[int]:
+        """The boards with an open gap (only they can need a re-send request)."""
+        return {board for board, _ in self.gaps}
+
     def needs_request(self, board_id: int) -> bool:
         """A gap opened after the last re-send request (or there was none)."""
         asked = self.requested_ms.get(board_id, -1)

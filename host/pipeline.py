@@ -224,10 +224,9 @@ class Processor:
                 parts.append({key: z[key] for key in per_unit})
             if parts[-1]["s"].shape[1] < min(SOH_PART_UNITS, n_units - k * SOH_PART_UNITS):
                 break
-        axis = {"s": 1}
-        for key in per_unit:
+        for key in per_unit:  # (the "soh" row holds them for zero units: the join's start)
             arrays[key] = np.concatenate([arrays[key]] + [p[key] for p in parts],
-                                         axis=axis.get(key, 0))
+                                         axis=1 if key == "s" else 0)
         return arrays
 
     def _bind_units(self, bs: BoardState) -> None:
@@ -891,7 +890,7 @@ class Processor:
                 self._save_moved(now)
         for bs, what in b.commands:
             self._command(bs, what)
-        self._request_resends({board for board, _ in self.delivery.gaps}, now)  # (no gap: no ask)
+        self._request_resends(self.delivery.gapped_boards(), now)
         self._send_acks(list(self.boards), now)
         for bs in self.boards.values():
             if bs.link is not None and now - bs.last_sync_ms >= TIME_SYNC_EVERY_MS:
