@@ -178,17 +178,10 @@ _KEEP_NEWEST = (" ON CONFLICT (board_id, unit) DO UPDATE SET "  # (into estimate
 log = logging.getLogger("packsentry.storage")
 
 WRITER_CACHE_KIB = 16 * 1024  # the writer's page cache
-# A new database's page size. The samples are appended ~250-byte rows: a 16 KiB page holds
-# ~60 of them where SQLite's default 4 KiB holds ~15, so a micro-batch dirties and commits a
-# quarter of the pages, each with its WAL frame header and checksum (20 000 96-cell rows a
-# transaction, commit included: 3.2 -> 2.7 us a row; a whole micro-batch of batch frames
-# in-process: 7.7-8.2 -> 7.1-7.3 us a sample; 32 KiB gained nothing more). A database made
-# with another page size keeps it: a WAL database cannot change it short of a VACUUM.
-PAGE_SIZE = 16_384
 CHECKPOINT_EVERY_S = 1.0  # the background checkpointer's period
-# With a background checkpointer the writer still checkpoints once the WAL holds this much:
-# a fallback, should the checkpointer fall behind or die.
-FALLBACK_CHECKPOINT_BYTES = 64 * 1024 * 1024
+# With a background checkpointer the writer still checkpoints once the WAL holds this many
+# pages (64 MiB): a fallback, should the checkpointer fall behind or die.
+FALLBACK_CHECKPOINT_PAGES = 16_384
 
 
 class _Checkpointer:
@@ -266,7 +259,6 @@ class Storage:
                                       check_same_thread=False)
             self.db.execute("PRAGMA busy_timeout = 10000")
             if not readonly:
-                self.db.execute(f"PRAGMA page_size = {PAGE_SIZE}")  # (only a new one's)
                 self.db.execute("PRAGMA journal_mode = WAL")
                 self.db.execute(f"PRAGMA synchronous = {synchronous.upper()}")
                 # A micro-batch of batch frames writes ~20 000 sample rows (~6 MB with the
@@ -278,9 +270,7 @@ class Storage:
                     # SQLite's automatic checkpoint (every 1 000 WAL pages) runs inside the
                     # commit that crosses it: about half of a 20 000-row micro-batch's commit
                     # time (2.0 -> 1.1 us a row without it), on the processor's thread.
-                    page = self.db.execute("PRAGMA page_size").fetchone()[0]
-                    self.db.execute("PRAGMA wal_autocheckpoint = "
-                                    f"{FALLBACK_CHECKPOINT_BYTES // page}")
+                    self.db.execute(f"PRAGMA wal_autocheckpoint = {FALLBACK_CHECKPOINT_PAGES}")
                     self._checkpointer = _Checkpointer(self.path, synchronous)
             else:
                 self._check_version()
