@@ -36,9 +36,11 @@ PUBLISHERS = 2
 # alarm probes (and as many broker probes): a 99th percentile of 50 was the largest two
 # latencies, so one stall of a shared box decided the figure; of 200 it is the 3rd largest
 N_PROBES = 200
-# the probes start once the daemon is in its steady state: the temperature rise rates (a
-# minute's window, at least half of it) need 30 s of every board's history; before that a
-# 10 Hz frame cost ~63 us in-process, after it ~90 (1 000 boards x 16 cells, 150 a batch)
+# the probes start once the daemon is past its start-up: a board's temperature-rise rate
+# needs 30 s of its history, and each commit grows with the sample indexes until every
+# board's newest entries sit on pages of their own (at 10 Hz a frame then dirties about two
+# index pages). In-process (1 000 boards x 16 cells, 150 frames a batch) a frame cost
+# 63-74 us in the first 20 s of data and 85-95 us from 30 s on
 WARMUP_S = 35.0
 
 
