@@ -176,7 +176,7 @@ class _Track:
     def to_dict(self) -> dict[str, Any]:
         """The fields that differ from their defaults (and the key): a quiet track's JSON
         is ~100 bytes this way instead of ~450, and a board has a dozen tracks."""
-        d = {name: v for name, default in _TRACK_DEFAULTS
+        d = {name: v for name, default in _TRACK_PLAIN
              if (v := getattr(self, name)) != default or name in _TRACK_KEY}
         if self.since_ms:
             d["since_ms"] = {str(k): v for k, v in self.since_ms.items()}
@@ -196,9 +196,10 @@ class _Track:
 
 
 _TRACK_KEY = ("board_id", "rule", "scope")
-_TRACK_DEFAULTS = tuple(
+# the fields saved as they are, with their defaults (to_dict converts the other three)
+_TRACK_PLAIN = tuple(
     (f.name, f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default)
-    for f in dataclasses.fields(_Track))
+    for f in dataclasses.fields(_Track) if f.name not in ("since_ms", "below_since_ms", "last"))
 
 
 @dataclass
