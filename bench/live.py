@@ -801,10 +801,11 @@ def commit_timeline(d: DaemonProc, board: int, boot: int, seq0: int, n_boards: i
                     timeout_s: float = 600.0) -> list[tuple[float, int]]:
     """(perf_counter, samples committed) while the daemon works through `expected` samples of
     `n_boards` boards sent board-interleaved from seq0: one primary-key lookup per poll (the
-    newest committed seq of one board, times the boards), read from the daemon's database as
-    any reader would. Ends when all are committed, or nothing moved for stall_s."""
+    newest committed seq of one board, from the seqs the daemon records as committed in the
+    transaction that stores them, times the boards), read from the daemon's database as any
+    reader would. Ends when all are committed, or nothing moved for stall_s."""
     con = sqlite3.connect(f"file:{d.db}?mode=ro", uri=True, timeout=30)
-    q = "SELECT max(seq) FROM samples WHERE board_id = ? AND boot = ?"
+    q = "SELECT max(hi) - 1 FROM seq_ranges WHERE board_id = ? AND boot = ?"
     out: list[tuple[float, int]] = []
     t_end = time.perf_counter() + timeout_s
     last_move = time.perf_counter()

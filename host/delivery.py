@@ -63,15 +63,15 @@ class Delivery:
         self.boot_seen_ms[board_id, boot] = now_ms
         self._regap(board_id, boot, now_ms)
 
-    def check(self, board_id: int, boot: int, seq: int, span: int) -> bool:
-        """True if [seq, seq+span) holds a seq not committed yet; False for a duplicate (it is
-        stored: acknowledge it again). Raises ReplayedFrame for seqs outside the window."""
+    def check(self, board_id: int, boot: int, seq: int, span: int) -> list[tuple[int, int]]:
+        """The seqs of [seq, seq+span) not committed yet, as half-open intervals; none for a
+        duplicate (it is stored: acknowledge it again). Raises ReplayedFrame for seqs outside
+        the window."""
         try:
-            self.window.check(board_id, boot, seq, span)
+            return self.window.check(board_id, boot, seq, span)
         except DuplicateFrame:
             self.duplicates += 1
-            return False
-        return True
+            return []
 
     def commit(self, board_id: int, boot: int, seq: int, span: int,
                now_ms: int) -> list[GapChange]:

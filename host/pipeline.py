@@ -32,6 +32,7 @@ import numpy as np
 
 from packsentry.protocol import batch, codec
 from packsentry.protocol.errors import BadValue, ProtocolError
+from packsentry.protocol.replay import SeenSeqs
 from packsentry.protocol.verify import check_birth
 
 from .alarms import AlarmEngine, AlarmEvent, BoardProfile
@@ -313,10 +314,13 @@ class Processor:
         return bs
 
     def _admit(self, item: Inbound, board_id: int, boot: int, seq: int, span: int,
-               msg_type: str, flags: int, b: _Batch, now: int) -> BoardState | None:
-        """The bookkeeping every accepted frame gets; its board if the frame is new (not a
-        duplicate of a committed one or of one earlier in this batch), else None."""
-        fresh = self.delivery.check(board_id, boot, seq, span)  # raises for a replay
+               msg_type: str, flags: int, b: _Batch, now: int
+               ) -> tuple[BoardState, list[tuple[int, int]]] | None:
+        """The bookkeeping every accepted frame gets; if the frame holds a seq neither
+        committed nor earlier in this batch, its board and those new seqs (half-open
+        intervals: the whole span, unless a batch frame partly overlaps), else None. Storage
+        keeps no key of its own: this is where each sample is stored once."""
+        new = self.delivery.check(board_id, boot, seq, span)  # raises for a replay
         bs = self._board(board_id, item)
         b.after.append(item.on_stored)
         b.touched.add(board_id)
@@ -327,16 +331,22 @@ class Processor:
                       link=item.source.split(":")[0], source=item.source)
         if item.rx_ms > b.seen.get(board_id, -1):
             b.seen[board_id] = item.rx_ms
-        key = (board_id, boot, seq)
-        if not fresh or key in b.keys:
+        if new:
+            pending = b.pending.get((board_id, boot))
+            if pending is None:
+                pending = b.pending[board_id, boot] = SeenSeqs()
+            elif seq <= pending.highest:  # (in-order traffic never looks)
+                new = [part for lo, hi in new for part in pending.missing(lo, hi)]
+            for lo, hi in new:
+                pending.add(lo, hi)
+        if not new:
             self.stats.duplicates += 1
             return None
-        b.keys.add(key)
         b.commits.append((board_id, boot, seq, span))
         self.stats.frames[msg_type] += 1
         if msg_type in ("sample", "batch") and bs.profile is not None:
             b.report_ms[board_id] = span * bs.profile.sample_period_ms  # silence: see alarms
-        return bs
+        return bs, new
 
     def _asks(self, bs: BoardState, flags: int, b: _Batch, now: int) -> None:
         """After a new frame: who is this board (no birth yet), and does it have our time."""
@@ -368,10 +378,12 @@ class Processor:
                            f"(an echo of a host's command?)")
         if msg_type == "birth":
             check_birth(frame)
-        bs = self._admit(item, board_id, boot, seq, codec.seq_span(frame), msg_type,
-                         frame["flags"], b, now)
-        if bs is None:
+        span = codec.seq_span(frame)
+        admitted = self._admit(item, board_id, boot, seq, span, msg_type, frame["flags"], b,
+                               now)
+        if admitted is None:
             return
+        bs, new = admitted
         p = frame["payload"]
         if msg_type == "birth":
             self._birth(bs, frame, item, b, now)
@@ -385,7 +397,10 @@ class Processor:
                               {f: np.array([r[f] for r in recs]).reshape(k, -1)
                                if f in ("temps_dc", "cells_mv") else np.array([r[f] for r in recs])
                                for f in SAMPLE_FIELDS})
-            self._take_samples(s, np.arange(k), np.full(k, item.rx_ms), b)
+            rows = np.arange(k)
+            if new != [(seq, seq + span)]:
+                rows = rows[_within(s.seq, new)]
+            self._take_samples(s, rows, np.full(len(rows), item.rx_ms), b)
         else:
             payload = {k: (v.hex() if isinstance(v, bytes) else v) for k, v in p.items()}
             b.board_frames.append((board_id, boot, seq, frame["ts_ms"], item.rx_ms, msg_type,
@@ -441,6 +456,7 @@ class Processor:
         """Sample and batch frames: the per-frame bookkeeping, then their samples as columns
         (storage rows, the alarm engine's runs and the estimator's rows by board)."""
         fresh: list[int] = []  # positions in `plain` of the frames that are new
+        partly: dict[int, list[tuple[int, int]]] = {}  # of those, the ones partly new
         for blk in blocks:
             hdr = blk.header
             span = 1 if blk.msg_type == "sample" else max(1, blk.counts["n_samples"])
@@ -449,13 +465,16 @@ class Processor:
                     hdr["seq"].tolist(), hdr["flags"].tolist(), strict=True):
                 item = items[plain[pos]]
                 try:
-                    bs = self._admit(item, board_id, boot, seq, span, blk.msg_type, flags,
-                                     b, now)
+                    admitted = self._admit(item, board_id, boot, seq, span, blk.msg_type,
+                                           flags, b, now)
                 except ProtocolError as exc:
                     self._reject(item, exc, b)
                     continue
-                if bs is not None:
+                if admitted is not None:
+                    bs, new = admitted
                     fresh.append(pos)
+                    if new != [(seq, seq + span)]:
+                        partly[pos] = new
                     self._asks(bs, flags, b, now)
         if not fresh:
             return
@@ -465,6 +484,12 @@ class Processor:
         take[fresh] = True
         for s in dec.samples():
             rows = np.flatnonzero(take[s.frame])
+            for pos, new in partly.items():  # (rare: a sender that re-frames its backlog)
+                mine = s.frame[rows] == pos
+                if mine.any():
+                    keep = ~mine
+                    keep[mine] = _within(s.seq[rows[mine]], new)
+                    rows = rows[keep]
             if len(rows):
                 self._take_samples(s, rows, rx_of[s.frame[rows]], b)
 
@@ -965,7 +990,7 @@ class _Batch:
     after: list[Callable[[], None] | None] = field(default_factory=list)
     commands: list[tuple[BoardState, str]] = field(default_factory=list)
     commits: list[tuple[int, int, int, int]] = field(default_factory=list)
-    keys: set[tuple[int, int, int]] = field(default_factory=set)
+    pending: dict[tuple[int, int], SeenSeqs] = field(default_factory=dict)  # seqs admitted
     touched: set[int] = field(default_factory=set)
     board_fields: dict[int, dict[str, Any]] = field(default_factory=dict)
     seen: dict[int, int] = field(default_factory=dict)
@@ -977,6 +1002,14 @@ class _Batch:
     report_ms: dict[int, int] = field(default_factory=dict)  # per board: its newest frame's span
     # the estimator's update under way: (its result, rows used, per board its newest time)
     soh_job: tuple[Future[int], np.ndarray, dict[int, int]] | None = None
+
+
+def _within(seqs: np.ndarray, intervals: list[tuple[int, int]]) -> np.ndarray:
+    """Which seqs lie in one of the half-open intervals."""
+    inside = np.zeros(len(seqs), bool)
+    for lo, hi in intervals:
+        inside |= (seqs >= lo) & (seqs < hi)
+    return inside
 
 
 def _profile(b: dict[str, Any]) -> BoardProfile:

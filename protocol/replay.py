@@ -5,6 +5,10 @@ Store-and-forward re-sends old frames after an outage, interleaved with live one
 (as merged intervals: in-order traffic stays one interval) and accepts an unseen seq that is
 no more than `window` behind the highest; the last `max_boots` boots are tracked, so frames
 stored before a reboot still arrive. Older seqs, older boots and seen seqs are replays.
+
+A batch frame spans several seqs, and a sender that re-frames its backlog can send one that
+only partly overlaps what was seen: `check` says which of its seqs are new, so that the host
+stores and evaluates each sample once.
 """
 
 from __future__ import annotations
@@ -18,8 +22,8 @@ DEFAULT_WINDOW = 1 << 20  # seqs; ~12 days of 1 Hz samples
 DEFAULT_MAX_BOOTS = 8
 
 
-@dataclass
-class _SeenSeqs:
+@dataclass(slots=True)
+class SeenSeqs:
     """Disjoint, sorted, half-open intervals [start, end) of seqs seen in one boot."""
 
     starts: list[int] = field(default_factory=list)
@@ -29,9 +33,19 @@ class _SeenSeqs:
     def highest(self) -> int:
         return self.ends[-1] - 1 if self.ends else -1
 
-    def covers(self, lo: int, hi: int) -> bool:
-        i = bisect_right(self.starts, lo) - 1
-        return i >= 0 and self.ends[i] >= hi
+    def missing(self, lo: int, hi: int) -> list[tuple[int, int]]:
+        """The parts of [lo, hi) not seen, in order."""
+        out = []
+        i = max(bisect_right(self.starts, lo) - 1, 0)
+        while i < len(self.starts) and self.starts[i] < hi:
+            if self.ends[i] > lo:
+                if self.starts[i] > lo:
+                    out.append((lo, self.starts[i]))
+                lo = self.ends[i]
+            i += 1
+        if lo < hi:
+            out.append((lo, hi))
+        return out
 
     def add(self, lo: int, hi: int) -> None:
         i = bisect_right(self.starts, lo) - 1
@@ -57,31 +71,41 @@ class ReplayWindow:
             raise ValueError("window and max_boots must be positive")
         self.window = window
         self.max_boots = max_boots
-        self._boards: dict[int, dict[int, _SeenSeqs]] = {}
+        self._boards: dict[int, dict[int, SeenSeqs]] = {}
 
-    def check(self, board_id: int, boot: int, seq: int, span: int = 1) -> None:
-        """Raise ReplayedFrame unless seqs [seq, seq+span) of this boot are new; no update."""
+    def check(self, board_id: int, boot: int, seq: int, span: int = 1
+              ) -> list[tuple[int, int]]:
+        """The new seqs of [seq, seq+span) of this boot, as half-open intervals (the whole
+        span unless it overlaps seqs seen; none below the window). No update. Raises
+        DuplicateFrame when none is new, ReplayedFrame when the frame is outside the window
+        or its boot older than the boots tracked."""
+        whole = [(seq, seq + span)]
         boots = self._boards.get(board_id)
         if not boots:
-            return
+            return whole
         seen = boots.get(boot)
         if seen is None:
             if len(boots) >= self.max_boots and boot < min(boots):
                 raise ReplayedFrame(f"board {board_id}: boot {boot} is older than the "
                                     f"{self.max_boots} boots tracked (newest {max(boots)})")
-            return
-        if seq + span - 1 <= seen.highest - self.window:
+            return whole
+        if seq > seen.highest:  # in-order traffic: nothing to look up
+            return whole
+        floor = seen.highest - self.window  # seqs at or below it are forgotten: replays
+        if seq + span - 1 <= floor:
             raise ReplayedFrame(f"board {board_id} boot {boot}: seq {seq} is more than "
                                 f"{self.window} behind the newest seq {seen.highest}")
-        if seen.covers(seq, seq + span):
+        new = seen.missing(max(seq, floor + 1), seq + span)
+        if not new:
             raise DuplicateFrame(f"board {board_id} boot {boot}: seq {seq} was already received")
+        return new
 
     def accept(self, board_id: int, boot: int, seq: int, span: int = 1) -> None:
         """Record seqs [seq, seq+span) as received (call after the frame is verified)."""
         boots = self._boards.setdefault(board_id, {})
         seen = boots.get(boot)
         if seen is None:
-            seen = boots[boot] = _SeenSeqs()
+            seen = boots[boot] = SeenSeqs()
             while len(boots) > self.max_boots:
                 del boots[min(boots)]
         seen.add(seq, seq + span)

@@ -27,35 +27,37 @@ def sample(seq: int, ts_ms: int, board: int = 1) -> tuple:
             temps_blob([251, -40]), cells_blob([3700, 3701, 3699]))
 
 
-def test_migrates_and_writes_idempotently(tmp_path: Path) -> None:
+def test_migrates_and_reopens(tmp_path: Path) -> None:
     st = Storage(tmp_path / "a.db")
     assert st.version() == SCHEMA_VERSION
     assert st.db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
     with st.transaction():
         st.insert_samples([sample(i, 1000 * i) for i in range(10)])
-    with st.transaction():
-        st.insert_samples([sample(i, 1000 * i) for i in range(5, 15)])  # a re-send overlaps
-    assert st.count("samples") == 15
+    assert st.count("samples") == 10
     row = next(iter(st.samples(1, 0, 10**12)))
     assert blob_temps(row[12]) == [251, -40] and blob_cells(row[13]) == [3700, 3701, 3699]
     st.close()
     again = Storage(tmp_path / "a.db")  # reopening migrates nothing
-    assert again.count("samples") == 15
+    assert again.version() == SCHEMA_VERSION and again.count("samples") == 10
 
 
-def test_samples_are_stored_once_and_the_first_copy_wins(tmp_path: Path) -> None:
+def test_samples_go_in_board_by_board_in_arrival_order(tmp_path: Path) -> None:
     st = Storage(tmp_path / "a.db")
-    # a fleet's arrival order (board after board), one sample sent twice with other readings
-    rows = [sample(i, 1000 * i, board=b) for i in range(50) for b in (3, 1, 2)]
-    late_copy = (1, 1, 7, 7000, 7005, 0, 1, 1, 1, 1, 0, 0, temps_blob([1]), cells_blob([1]))
+    rows = [sample(i, 1000 * i, board=b) for i in range(50) for b in (3, 1, 2)]  # a fleet's
     with st.transaction():
-        st.insert_samples(iter([*rows[:60], late_copy, *rows[60:]]))
+        st.insert_samples(iter(rows))
     assert st.count("samples") == 150
     assert [r[:3] for r in st.db.execute(
         "SELECT board_id, boot, seq FROM samples ORDER BY rowid")] == sorted(
         (r[:3] for r in rows), key=lambda k: k[0])  # board by board, each in arrival order
-    assert next(iter(st.samples(1, 7000, 7001)))[6] == 48_007  # the first copy's pack_mv
+    assert next(iter(st.samples(1, 7000, 7001)))[6] == 48_007
     st.close()
+
+
+def sample_indexes(st: Storage) -> list[str]:
+    return [n for (n,) in st.db.execute(
+        "SELECT name FROM sqlite_master WHERE type = 'index' AND tbl_name = 'samples' "
+        "AND sql IS NOT NULL ORDER BY name")]
 
 
 def test_a_version_2_database_is_migrated_with_its_samples(tmp_path: Path) -> None:
@@ -70,10 +72,26 @@ def test_a_version_2_database_is_migrated_with_its_samples(tmp_path: Path) -> No
     st = Storage(path)
     assert st.version() == SCHEMA_VERSION
     assert sorted(st.db.execute("SELECT * FROM samples")) == sorted(rows)
-    with st.transaction():  # the key still holds: a re-sent sample is not stored twice
-        st.insert_samples([sample(5, 5000, board=1), sample(30, 30_000, board=1)])
-    assert st.count("samples") == 61
+    assert sample_indexes(st) == ["samples_time"]  # the key is the processor's (migration 4)
     assert [r[2] for r in st.samples(1, 4000, 6001)] == [4, 5, 6]
+    st.close()
+
+
+def test_a_version_3_database_loses_only_its_key_index(tmp_path: Path) -> None:
+    path = tmp_path / "v3.db"
+    db = sqlite3.connect(path)
+    db.executescript("".join(MIGRATIONS[:3]))
+    rows = [sample(i, 1000 * i, board=b) for i in range(30) for b in (2, 1)]
+    db.executemany(f"INSERT INTO samples VALUES ({','.join('?' * 14)})", rows)
+    db.execute("INSERT INTO seq_ranges VALUES (1, 1, 0, 30), (2, 1, 0, 30)")
+    db.execute("PRAGMA user_version = 3")
+    db.commit()
+    db.close()
+    st = Storage(path)
+    assert st.version() == SCHEMA_VERSION == 4
+    assert [tuple(r) for r in st.db.execute("SELECT * FROM samples ORDER BY rowid")] == rows
+    assert sample_indexes(st) == ["samples_time"]
+    assert st.seq_ranges() == {(1, 1): [(0, 30)], (2, 1): [(0, 30)]}
     st.close()
 
 

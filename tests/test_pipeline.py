@@ -15,7 +15,7 @@ from packsentry.host import pipeline
 from packsentry.host.alarms import AlarmEngine
 from packsentry.host.cli import main
 from packsentry.host.pipeline import Inbound, Processor
-from packsentry.host.storage import Storage
+from packsentry.host.storage import Storage, blob_temps
 from packsentry.protocol import batch, codec
 
 BOARD = 0xC0FFEE
@@ -447,3 +447,62 @@ def test_frames_the_codec_decodes_instead_are_stored_the_same(tmp_path: Path,
     monkeypatch.setattr(batch, "decode_batch", codec_only)
     got = run(tmp_path / "b")
     assert len(want) == 3 * 4 and got == want
+
+
+def batch_at(board: PyBoard, seq: int, rows: list[tuple[int, dict]]) -> bytes:
+    """A batch frame whose samples take seqs seq, seq+1, ...: a sender that re-frames its
+    backlog sends batches that partly overlap what it sent before."""
+    board.seq = seq
+    return board.batch_from(rows)
+
+
+@pytest.mark.parametrize("decode", ["vectorised", "codec"])
+def test_a_batch_that_partly_overlaps_stores_and_evaluates_only_its_new_samples(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, decode: str) -> None:
+    """Storage keeps no key of its own: the processor stores each (board, boot, seq) once,
+    against what it committed (across a restart too) and what came earlier in the same
+    micro-batch; the first copy wins, and the alarm engine never sees the second."""
+    if decode == "codec":
+        real = batch.decode_batch
+
+        def codec_only(raws: list[bytes], keys: Any) -> batch.DecodedBatch:
+            dec = real(raws, keys)
+            extra = {i: codec.decode_frame(r) for i, r in enumerate(raws)
+                     if i not in dec.errors}
+            return batch.DecodedBatch(dec.n, [], dec.errors, extra)
+
+        monkeypatch.setattr(batch, "decode_batch", codec_only)
+    cool = {"pack_mv": 14_800, "current_ma": 1000, "riso_pos_kohm": 5000,
+            "riso_neg_kohm": 5000, "temps_dc": [250, 240], "cells_mv": [3700] * 4}
+    hot = {**cool, "temps_dc": [700, 700]}  # would raise temp_high if it were evaluated
+
+    def rows(first: int, last: int, m: dict) -> list[tuple[int, dict]]:
+        return [(T0 + 1000 * s, m) for s in range(first, last + 1)]
+
+    def stored() -> list[tuple[int, int]]:
+        return [(seq, blob_temps(temps)[0]) for seq, temps in p.storage.db.execute(
+            "SELECT seq, temps_dc FROM samples ORDER BY seq")]
+
+    clock = Clock()
+    p, board, link = running(tmp_path, clock, 0)  # the birth took seq 0
+    clock.ms = T0 + 60_000
+    feed(p, link, batch_at(board, 1, rows(1, 10, cool)))
+    feed(p, link, batch_at(board, 6, [*rows(6, 10, hot), *rows(11, 15, cool)]))  # 6..10 again
+    assert [s for s, _ in stored()] == list(range(1, 16))
+    # one micro-batch: 16..20, then 18..25 (18..20 a second time)
+    feed(p, link, batch_at(board, 16, rows(16, 20, cool)),
+         batch_at(board, 18, [*rows(18, 20, hot), *rows(21, 25, cool)]))
+    assert [s for s, _ in stored()] == list(range(1, 26))
+    feed(p, link, board.encode({**json_frame(board, T0 + 16_000), "seq": 16, "payload": {
+        **json_frame(board, 0)["payload"], "temps_dc": [700, 700]}}))  # 16 alone: a duplicate
+    assert [s for s, t in stored() if t != 250] == []  # no hot copy
+    assert not [a for a in p.storage.alarms() if a["rule"] == "temp_high"]
+    assert p.stats.duplicates == 1 and p.stats.samples == 25
+    p.storage.close()
+
+    # a restart knows what is stored (seq_ranges): a batch from 21 stores 26..30 only
+    p = make(tmp_path, clock)
+    clock.ms += 1000
+    feed(p, link, batch_at(board, 21, [*rows(21, 25, hot), *rows(26, 30, cool)]))
+    assert [s for s, _ in stored()] == list(range(1, 31))
+    assert not [a for a in p.storage.alarms() if a["rule"] == "temp_high"]

@@ -44,7 +44,20 @@ def test_batch_span() -> None:
         w.check(1, 1, 10, span=5)
     with pytest.raises(ReplayedFrame):
         w.check(1, 1, 12)
-    take(w, 1, 1, 12, span=6)  # overlaps, but 15..17 are new: the host dedupes per sample
+    assert w.check(1, 1, 12, span=6) == [(15, 18)]  # overlaps: only 15..17 are new
+    take(w, 1, 1, 12, span=6)
+    take(w, 1, 1, 30, span=5)
+    assert w.check(1, 1, 16, span=20) == [(18, 30), (35, 36)]  # around what was seen
+    assert w.check(1, 1, 40, span=3) == [(40, 43)]
+
+
+def test_a_batch_reaching_below_the_window_is_new_only_above_it() -> None:
+    w = ReplayWindow(window=100)
+    take(w, 1, 1, 0, span=50)
+    take(w, 1, 1, 200)  # 0..49 are now forgotten: more than 100 behind
+    assert w.check(1, 1, 90, span=20) == [(101, 110)]
+    with pytest.raises(ReplayedFrame, match="more than 100 behind"):
+        w.check(1, 1, 90, span=11)
 
 
 def test_intervals_merge() -> None:
