@@ -53,6 +53,7 @@ class Delivery:
         self.boot_seen_ms: dict[tuple[int, int], int] = {}
         self.lost: dict[tuple[int, int], list[tuple[int, int]]] = {}  # given-up ranges
         self.requested_ms: dict[int, int] = {}  # board -> last re-send request
+        self.reshaped: set[tuple[int, int]] = set()  # see take_reshaped
         self.duplicates = 0
         self.reordered = 0
 
@@ -79,17 +80,21 @@ class Delivery:
         key = (board_id, boot)
         if key not in self.boot_seen_ms:
             self.boot_seen_ms[key] = now_ms
-        before = self.window.intervals(board_id, boot)
-        if before and seq + span < before[-1][1]:
+        newest = self.window.newest(board_id, boot)
+        if newest is not None and seq + span < newest[1]:
             self.reordered += 1
-        self.window.accept(board_id, boot, seq, span)
-        after = self.window.intervals(board_id, boot)
-        if len(after) == len(before) and after[:-1] == before[:-1] \
-                and after[-1][0] == before[-1][0]:
+        if self.window.accept(board_id, boot, seq, span) and newest is not None:
             # only the newest interval's end moved (in-order traffic, nearly always): the
-            # holes, and so the gaps, are as they were (a third of this call's cost)
+            # holes, and so the gaps, are as they were
             return []
+        self.reshaped.add(key)
         return self._regap(board_id, boot, now_ms)
+
+    def take_reshaped(self) -> set[tuple[int, int]]:
+        """The (board, boot)s whose intervals changed in more than the newest one's end since
+        the last call (the others' stored intervals need only that end moved)."""
+        out, self.reshaped = self.reshaped, set()
+        return out
 
     def _regap(self, board_id: int, boot: int, now_ms: int) -> list[GapChange]:
         key = (board_id, boot)

@@ -127,6 +127,16 @@ class BoardState:
     held_runs: list[_Run] = field(default_factory=list)
     held_alarms: list[tuple[int, int, dict[str, Any]]] = field(default_factory=list)
     held_since_ms: int | None = None
+    stored: dict[str, Any] = field(default_factory=dict)  # its boards row as last written
+
+    def unstored(self, fields: dict[str, Any]) -> dict[str, Any]:
+        """Of the boards row's fields (its site added), those not written yet as they are
+        now; they count as written from here (a failed commit ends the process). A fleet's
+        frames repeat the same online, boot, link and source micro-batch after micro-batch."""
+        fields["site"] = self.site
+        out = {k: v for k, v in fields.items() if k not in self.stored or self.stored[k] != v}
+        self.stored.update(out)
+        return out
 
 
 @dataclass
@@ -747,11 +757,9 @@ class Processor:
             self._take_estimates(b)
             st.insert_estimates(b.estimates)
             st.upsert_boards([(board_id, b.seen.get(board_id, now),
-                               {"site": self.boards[board_id].site, **fields})
+                               self.boards[board_id].unstored(fields))
                               for board_id, fields in b.board_fields.items()])
-            st.save_seq_ranges_many([(board_id, boot,
-                                      self.delivery.window.intervals(board_id, boot))
-                                     for board_id, boot in touched_boots])
+            self._save_seq_ranges(touched_boots)
             self._record_gaps(gap_changes, b, now)
             if b.events:
                 st.write_alarm_events(b.events, now)
@@ -767,6 +775,18 @@ class Processor:
         if b.events and self.notify is not None:
             self.notify(b.events)
         self._save_slice(now)
+
+    def _save_seq_ranges(self, boots: set[tuple[int, int]]) -> None:
+        """The committed intervals of these boots. In-order traffic only moves the newest
+        one's end: one UPDATE, instead of the boot's rows deleted and written again."""
+        window = self.delivery.window
+        reshaped = boots & self.delivery.take_reshaped()
+        moved = [(board_id, boot, *window.newest(board_id, boot))
+                 for board_id, boot in boots - reshaped]
+        if self.storage.move_seq_range_ends(moved) != len(moved):  # (a row edited away)
+            reshaped = boots
+        self.storage.save_seq_ranges_many([(board_id, boot, window.intervals(board_id, boot))
+                                           for board_id, boot in reshaped])
 
     def _record_gaps(self, changes: list[GapChange], b: _Batch, now: int) -> None:
         for c in changes:

@@ -398,6 +398,12 @@ class Storage:
                             [(board_id, boot, lo, hi) for board_id, boot, ranges in items
                              for lo, hi in ranges])
 
+    def move_seq_range_ends(self, rows: Sequence[tuple[int, int, int, int]]) -> int:
+        """(board_id, boot, lo, hi): the stored interval that starts at lo now ends at hi.
+        Returns how many were found."""
+        return self.db.executemany("UPDATE seq_ranges SET hi = ?4 WHERE board_id = ?1 AND "
+                                   "boot = ?2 AND lo = ?3", rows).rowcount
+
     def forget_boots_below(self, board_id: int, boot: int) -> None:
         self.db.execute("DELETE FROM seq_ranges WHERE board_id = ? AND boot < ?", (board_id, boot))
 

@@ -47,7 +47,12 @@ class SeenSeqs:
             out.append((lo, hi))
         return out
 
-    def add(self, lo: int, hi: int) -> None:
+    def add(self, lo: int, hi: int) -> bool:
+        """Add [lo, hi); True if that only moved the newest interval's end (or nothing)."""
+        if self.ends and self.starts[-1] <= lo <= self.ends[-1]:  # in order: nearly always
+            if hi > self.ends[-1]:
+                self.ends[-1] = hi
+            return True
         i = bisect_right(self.starts, lo) - 1
         if i >= 0 and self.ends[i] >= lo:  # touches or overlaps the interval before
             lo = self.starts[i]
@@ -59,10 +64,15 @@ class SeenSeqs:
             j += 1
         self.starts[i:j] = [lo]
         self.ends[i:j] = [hi]
+        return False
 
-    def forget_below(self, floor: int) -> None:
+    def forget_below(self, floor: int) -> bool:
+        """Forget the intervals wholly at or below floor; True if there were any."""
+        if not self.ends or self.ends[0] > floor:
+            return False
         while self.ends and self.ends[0] <= floor:
             del self.starts[0], self.ends[0]
+        return True
 
 
 class ReplayWindow:
@@ -100,16 +110,23 @@ class ReplayWindow:
             raise DuplicateFrame(f"board {board_id} boot {boot}: seq {seq} was already received")
         return new
 
-    def accept(self, board_id: int, boot: int, seq: int, span: int = 1) -> None:
-        """Record seqs [seq, seq+span) as received (call after the frame is verified)."""
+    def accept(self, board_id: int, boot: int, seq: int, span: int = 1) -> bool:
+        """Record seqs [seq, seq+span) as received (call after the frame is verified). True
+        if only the end of the boot's newest interval moved (in-order traffic): its other
+        intervals, and so the holes between them, are as they were."""
         boots = self._boards.setdefault(board_id, {})
         seen = boots.get(boot)
         if seen is None:
             seen = boots[boot] = SeenSeqs()
             while len(boots) > self.max_boots:
                 del boots[min(boots)]
-        seen.add(seq, seq + span)
-        seen.forget_below(seen.highest - self.window)
+        extended = seen.add(seq, seq + span)
+        return not seen.forget_below(seen.highest - self.window) and extended
+
+    def newest(self, board_id: int, boot: int) -> tuple[int, int] | None:
+        """The boot's newest interval of seqs seen, [lo, hi)."""
+        seen = self._boards.get(board_id, {}).get(boot)
+        return (seen.starts[-1], seen.ends[-1]) if seen and seen.ends else None
 
     # -- state, for a host that must remember across restarts what it has stored --------------
 

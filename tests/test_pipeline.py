@@ -506,3 +506,30 @@ def test_a_batch_that_partly_overlaps_stores_and_evaluates_only_its_new_samples(
     feed(p, link, batch_at(board, 21, [*rows(21, 25, hot), *rows(26, 30, cool)]))
     assert [s for s, _ in stored()] == list(range(1, 31))
     assert not [a for a in p.storage.alarms() if a["rule"] == "temp_high"]
+
+
+def test_the_stored_seq_ranges_follow_the_window(tmp_path: Path) -> None:
+    """In-order frames only move the newest interval's end in `seq_ranges`; a hole, its
+    filling and a restart keep the table equal to what the processor committed."""
+    clock = Clock()
+    p = make(tmp_path, clock)
+    board = PyBoard(BOARD)
+    link = Recorder()  # (a board that answers commands would spend seqs on its cmd_acks)
+    feed(p, link, board.birth(), *(board.sample(ts_ms=T0 + 1000 * i) for i in range(1, 4)))
+
+    def stored() -> list[tuple[int, int]]:
+        return p.storage.seq_ranges()[BOARD, board.boot]
+
+    assert stored() == [(0, 4)]
+    late = board.sample(ts_ms=T0 + 4000)  # seq 4 comes late
+    clock.ms = T0 + 5000
+    feed(p, link, board.sample(ts_ms=clock.ms))
+    assert stored() == [(0, 4), (5, 6)]
+    feed(p, link, board.sample(ts_ms=T0 + 6000))
+    assert stored() == [(0, 4), (5, 7)]
+    feed(p, link, late)
+    assert stored() == [(0, 7)] == p.delivery.window.intervals(BOARD, board.boot)
+    p.storage.close()
+    p = make(tmp_path, clock)
+    feed(p, link, board.sample(ts_ms=T0 + 7000))
+    assert stored() == [(0, 8)]
