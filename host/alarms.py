@@ -291,18 +291,88 @@ class _Candidate(NamedTuple):
     steps: list[int]
 
 
+class _Readings(NamedTuple):
+    """A quiet sample's readings as on_sample leaves them in the tracks: each worst value
+    and where it is (a highest at its last index and a lowest at its first, as max and min
+    of (value, index) pairs find them). None: not measured."""
+
+    riso_kohm: int | None  # the lower side measured
+    riso_side: int
+    temp_dc: int | None  # the hottest probe
+    temp_at: int
+    spread_dc: int | None  # hottest minus coldest probe of the group (None: fewer than 2)
+    spread_at: int  # (the hottest's index)
+    rise: float | None  # the fastest rising probe, dC/min (None: no rise reference)
+    rise_at: int
+    cell_max_mv: int | None
+    cell_max_at: int
+    cell_min_mv: int
+    cell_min_at: int
+    cell_spread_mv: int | None  # (None: fewer than 2 cells)
+
+
+def _spread_group(probe_cell: tuple[int, ...], n_probes: int) -> list[int]:
+    """The probes whose spread is watched: those on cells if two or more are, else all."""
+    on_cells = [j for j in range(n_probes) if j < len(probe_cell) and probe_cell[j] != NOT_ON_CELL]
+    return on_cells if len(on_cells) >= 2 else list(range(n_probes))
+
+
+def _readings(riso: np.ndarray | None, temps: np.ndarray, group: list[int],
+              rises: np.ndarray | None, cells: np.ndarray) -> list[_Readings]:
+    """_Readings of k rows at once: riso (k, 2) with unmeasured sides at or above the
+    marker (None: no row measured), temps (k, n_probes), the probes of the spread, rises
+    (k, n_probes) in dC/min with NaN rows where there is no reference (None: none has),
+    cells (k, n_cells). (A Python max per list per sample was a third of a quiet sample.)"""
+    k = len(temps)
+    rows = np.arange(k)
+
+    def highest(a: np.ndarray) -> tuple[list[Any], list[int]]:
+        at = a.shape[1] - 1 - np.argmax(a[:, ::-1], axis=1)
+        return a[rows, at].tolist(), at.tolist()
+
+    def lowest(a: np.ndarray) -> tuple[list[Any], list[int]]:
+        at = np.argmin(a, axis=1)
+        return a[rows, at].tolist(), at.tolist()
+
+    none: list[Any] = [None] * k
+    zero = [0] * k
+    r_kohm, r_side = none, zero
+    if riso is not None:
+        r_kohm, r_side = lowest(riso)
+        r_kohm = [r if r < _MARKERS["riso_pos_kohm"][0] else None for r in r_kohm]
+    t_max, t_at, spread, spread_at, rise, rise_at = none, zero, none, zero, none, zero
+    if temps.shape[1]:
+        t_max, t_at = highest(temps)
+        if len(group) >= 2:
+            g = temps[:, group]
+            hi, hi_pos = highest(g)
+            spread = (np.asarray(hi) - g.min(axis=1)).tolist()
+            spread_at = [group[j] for j in hi_pos]
+        if rises is not None:
+            has = ~np.isnan(rises[:, 0])
+            rise, rise_at = highest(np.where(has[:, None], rises, 0.0))
+            rise = [r if h else None for r, h in zip(rise, has.tolist(), strict=True)]
+    c_max, c_max_at, c_min, c_min_at, c_spread = none, zero, zero, zero, none
+    if cells.shape[1]:
+        c_max, c_max_at = highest(cells)
+        c_min, c_min_at = lowest(cells)
+        if cells.shape[1] >= 2:
+            c_spread = [a - b for a, b in zip(c_max, c_min, strict=True)]
+    return [_Readings(*r) for r in zip(r_kohm, r_side, t_max, t_at, spread, spread_at, rise,
+                                       rise_at, c_max, c_max_at, c_min, c_min_at, c_spread,
+                                       strict=True)]
+
+
 class _QuietSample(NamedTuple):
     """What on_sample would take from a quiet sample (see _take_quiet_sample)."""
 
     board: _Board
     profile: BoardProfile
-    riso_kohm: list[int] | None  # both sides, None if neither was measured
+    readings: _Readings
     temps_dc: list[int]
-    cells_mv: list[int]
     pack_mv: int
     current_ma: int
     r_min_kohm: int
-    rise: tuple[int, list[int], list[int]] | None  # (dt, temps, reference temps)
     rising: tuple[list[int | None], list[int]] | None  # the thermal event's state after
 
 
@@ -514,8 +584,8 @@ class AlarmEngine:
             prev_ts = np.array([m.prev[0] for m in members], np.int64)
             max_pack = np.array([m.profile.max_pack_mv for m in members], np.float64)
             fitted = np.array([m.profile.riso_period_ms > 0 for m in members])
-            ok, riso, has_riso, r_min = self._screen_rows(chem, probe_cell, col, temps, cells,
-                                                          max_pack, fitted)
+            ok, riso, _, r_min = self._screen_rows(chem, probe_cell, col, temps, cells,
+                                                   max_pack, fitted)
             new_since: list[list[int]] | None = None  # rising state after (None: as it was)
             new_steps: list[list[int]] = []
             if n_probes:
@@ -523,9 +593,9 @@ class AlarmEngine:
                 prev_t = np.array([m.prev[2] for m in members], np.int64).reshape(-1, n_probes)
                 dt = ts - ref_ts
                 rate_ok = has_ref & (dt >= _RISE_MIN_MS) & (dt <= _RISE_MAX_MS)
-                rises = ((temps - ref_t) * 60_000 / np.where(rate_ok, dt, 1)[:, None]).max(
-                    axis=1)
-                ok &= ~rate_ok | self._short_of(chem, "temp_rise_rate", rises, True)
+                rises_all = (temps - ref_t) * 60_000 / np.where(rate_ok, dt, 1)[:, None]
+                ok &= ~rate_ok | self._short_of(chem, "temp_rise_rate", rises_all.max(axis=1),
+                                                True)
                 lim_te = self.settings.limit(chem, "thermal_event")
                 if lim_te is not None:
                     # _thermal_event's rising state; quiet while no rising probe has held
@@ -544,31 +614,35 @@ class AlarmEngine:
                     new_steps = np.where(rising, np.array([m.steps for m in members]).reshape(
                         -1, n_probes) + 1, 0).tolist()
             else:
-                rate_ok = np.zeros(len(idx), bool)
-            lists = (riso.tolist(), temps.tolist(), cells.tolist(), col["pack_mv"].tolist(),
-                     col["current_ma"].tolist(), r_min.tolist())
-            for j in np.flatnonzero(ok).tolist():
+                rate_ok = np.zeros(len(members), bool)
+            quiet = np.flatnonzero(ok)
+            rise_rows = None
+            if n_probes and rate_ok[quiet].any():
+                rise_rows = np.where(rate_ok[quiet, None], rises_all[quiet], np.nan)
+            readings = _readings(riso[quiet], temps[quiet], _spread_group(probe_cell, n_probes),
+                                 rise_rows, cells[quiet])
+            lists = (temps[quiet].tolist(), col["pack_mv"][quiet].tolist(),
+                     col["current_ma"][quiet].tolist(), r_min[quiet].tolist())
+            for i, j in enumerate(quiet.tolist()):
                 m = members[j]
-                rise = (m.ts_ms - m.ref[0], lists[1][j], m.ref[2]) if rate_ok[j] else None
                 rising_now = None
                 if new_since is not None and m.has_hist:
                     rising_now = ([None if x < 0 else x for x in new_since[j]], new_steps[j])
-                out[m.pos] = _QuietSample(
-                    m.board, m.profile, lists[0][j] if has_riso[j] else None, lists[1][j],
-                    lists[2][j], lists[3][j], lists[4][j], lists[5][j], rise, rising_now)
+                out[m.pos] = _QuietSample(m.board, m.profile, readings[i], lists[0][i],
+                                          lists[1][i], lists[2][i], lists[3][i], rising_now)
         return out
 
     def _take_quiet_sample(self, board_id: int, ts_ms: int, q: _QuietSample
                            ) -> list[AlarmEvent]:
         """on_sample for a sample _quiet_samples passed: the readings, the rise history and
         the forecasts' intervals."""
-        b, p, riso_row, temps, cells, pack_mv, current_ma, r_min, rise, rising = q
-        self._quiet_readings(b, p, ts_ms, ts_ms, riso_row, temps, cells, rise, False)
+        b, p, readings, temps, pack_mv, current_ma, r_min, rising = q
+        self._quiet_readings(b, p, ts_ms, ts_ms, readings, len(temps), False)
         if rising is not None:
             b.rising_since_ms, b.rising_steps = rising
         self._remember(b, ts_ms, pack_mv, temps)
         out: list[AlarmEvent] = []
-        if riso_row is not None:
+        if readings.riso_kohm is not None:
             out += self._trend_point(b, p, ts_ms, "insulation", r_min * 1e6 / p.max_pack_mv)
         if temps and abs(current_ma) >= p.rated_mah * self.settings.in_use_c_rate:
             out += self._trend_point(b, p, ts_ms, "temp_high", float(max(temps)))
@@ -664,9 +738,7 @@ class AlarmEngine:
             t_max = temps.max(axis=1)
             ok &= (t_max < _MARKERS["temps_dc"][0]) & self._short_of(
                 chemistry, "temp_high", t_max.astype(np.float64))
-            on_cells = [j for j in range(n_probes)
-                        if j < len(probe_cell) and probe_cell[j] != NOT_ON_CELL]
-            group = on_cells if len(on_cells) >= 2 else list(range(n_probes))
+            group = _spread_group(probe_cell, n_probes)
             if len(group) >= 2:
                 g = temps[:, group]
                 ok &= self._short_of(chemistry, "temp_spread",
@@ -694,12 +766,10 @@ class AlarmEngine:
         return values < thr - margin if lim.above else values >= thr + margin
 
     def _quiet_readings(self, b: _Board, p: BoardProfile, first: int, last: int,
-                        riso_row: list[int] | None, temps_row: list[int],
-                        cells_row: list[int], rise: tuple[int, list[int], list[int]] | None,
-                        had_hist: bool) -> None:
+                        r: _Readings, n_probes: int, had_hist: bool) -> None:
         """What on_sample leaves in the tracks after quiet samples from `first` to `last`:
-        the readings of the last one (riso_row: the last that measured insulation; rise:
-        (dt, temps, reference temps) of the last with a rise rate)."""
+        the readings r of the last one (its insulation: of the last that measured it; its
+        rise: of the last with a rise rate)."""
         board_id = p.board_id
         b.last_sample_ms = last
         if not self.silence_on_host_clock:
@@ -714,51 +784,37 @@ class AlarmEngine:
         (sensor_fault, insulation, temp_high, temp_spread, temp_rise_rate, thermal_event,
          *cell_rules) = trs
         sensor_fault.value = 0.0
-        tr = insulation
-        if riso_row is not None:
+        if r.riso_kohm is not None:
             b.riso_seen = True
-            known = [(r, i) for i, r in enumerate(riso_row) if r < _MARKERS["riso_pos_kohm"][0]]
-            r_kohm, side = min(known)
             # (the detail the threshold's idle path leaves is "", one side or both)
-            tr.value, tr.detail, tr.subject_index = round(r_kohm * 1e6 / p.max_pack_mv, 1), "", side
-        n_probes = len(temps_row)
-        if n_probes:
-            row = temps_row
-            t_max, at = max((t, i) for i, t in enumerate(row))
+            tr = insulation
+            tr.value, tr.detail = round(r.riso_kohm * 1e6 / p.max_pack_mv, 1), ""
+            tr.subject_index = r.riso_side
+        if r.temp_dc is not None:
             tr = temp_high
-            tr.subject, tr.value, tr.detail, tr.subject_index = "probe", float(t_max), "", at
-            on_cells = [(t, i) for i, t in enumerate(row)
-                        if i < len(p.probe_cell) and p.probe_cell[i] != NOT_ON_CELL]
-            group = on_cells if len(on_cells) >= 2 else [(t, i) for i, t in enumerate(row)]
-            tr = temp_spread
-            tr.subject = "probe"
-            if len(group) >= 2:
-                (hi, hi_at), (lo, _) = max(group), min(group)
-                tr.value, tr.detail, tr.subject_index = float(hi - lo), "", hi_at
+            tr.subject, tr.value, tr.detail, tr.subject_index = ("probe", float(r.temp_dc), "",
+                                                                 r.temp_at)
+            temp_spread.subject = "probe"
+            if r.spread_dc is not None:
+                tr = temp_spread
+                tr.value, tr.detail, tr.subject_index = float(r.spread_dc), "", r.spread_at
             tr = temp_rise_rate
             tr.subject = "probe"
-            if rise is not None:
-                dt, now_t, ref_t = rise
-                r, at = max(((t - f) * 60_000 / dt, i)
-                            for i, (t, f) in enumerate(zip(now_t, ref_t, strict=False)))
-                tr.value, tr.detail, tr.subject_index = round(r, 1), "", at
+            if r.rise is not None:
+                tr.value, tr.detail, tr.subject_index = round(r.rise, 1), "", r.rise_at
         else:
             temp_rise_rate.subject = "probe"
         thermal_event.subject = "probe"
         if self.settings.limit(p.chemistry, "thermal_event") is not None and had_hist:
             b.rising_since_ms, b.rising_steps = [None] * n_probes, [0] * n_probes
-        if cells_row:
-            trs = cell_rules
-            row = cells_row
-            v_max, v_min = max(row), min(row)
-            for t in trs:
-                t.subject = "cell"
-            trs[0].value, trs[0].detail = float(v_max), ""
-            trs[0].subject_index = len(row) - 1 - row[::-1].index(v_max)
-            trs[1].value, trs[1].detail = float(v_min), ""
-            trs[1].subject_index = row.index(v_min)
-            if len(row) >= 2:
-                trs[2].value, trs[2].detail = float(v_max - v_min), ""
+        if r.cell_max_mv is not None:
+            over, under, spread = cell_rules
+            over.subject = under.subject = spread.subject = "cell"
+            over.value, over.detail, over.subject_index = float(r.cell_max_mv), "", r.cell_max_at
+            under.value, under.detail = float(r.cell_min_mv), ""
+            under.subject_index = r.cell_min_at
+            if r.cell_spread_mv is not None:
+                spread.value, spread.detail = float(r.cell_spread_mv), ""
 
     def _take_quiet_run(self, b: _Board, p: BoardProfile, ts: np.ndarray,
                         cols: Mapping[str, np.ndarray], q: dict[str, Any]) -> list[AlarmEvent]:
@@ -766,18 +822,15 @@ class AlarmEngine:
         insulation and temperature forecasts, whose intervals close on their own clock)."""
         k, last = len(ts), int(ts[-1])
         has_riso, temps = q["has_riso"], q["temps"]
-        riso_row = None
-        if has_riso.any():
-            riso_row = q["riso"][int(np.flatnonzero(has_riso)[-1])].tolist()
-        rise = None
-        rate_ok = q["rate_ok"]
-        if temps.shape[1] and rate_ok.any():
-            j = int(np.flatnonzero(rate_ok)[-1])
-            c, r = q["n0"] + j, int(q["ref"][j])
-            rise = (int(ts[j]) - int(q["h_ts"][r]), q["all_t"][c].tolist(),
-                    q["all_t"][r].tolist())
-        self._quiet_readings(b, p, int(ts[0]), last, riso_row, temps[-1].tolist(),
-                             q["cells"][-1].tolist(), rise, q["n0"] + k >= 2)
+        n_probes = temps.shape[1]
+        # the last row's readings, but insulation's and the rise's of the last that had one
+        riso = q["riso"][np.flatnonzero(has_riso)[-1:]] if has_riso.any() else None
+        rises = None
+        if n_probes and q["rate_ok"].any():
+            rises = q["rises"][np.flatnonzero(q["rate_ok"])[-1:]]
+        (readings,) = _readings(riso, temps[-1:], _spread_group(p.probe_cell, n_probes), rises,
+                                q["cells"][-1:])
+        self._quiet_readings(b, p, int(ts[0]), last, readings, n_probes, q["n0"] + k >= 2)
         # the rise history as _remember leaves it after the last sample
         n0, all_t = q["n0"], q["all_t"]
         # only the entries that survive the trim become lists: the reference (the newest
@@ -1341,10 +1394,11 @@ class AlarmEngine:
         bucket_s, window_s, _, _ = self.settings.trend(rule)
         bucket_ms = int(bucket_s * 1000)
         bucket = ts_ms // bucket_ms
-        tn = b.trends.setdefault(rule, _Trend())
-        worse = (lambda a, c: a < c) if not lim.above else (lambda a, c: a > c)
+        tn = b.trends.get(rule)  # (per quiet sample: no _Trend made just to be dropped)
+        if tn is None:
+            tn = b.trends[rule] = _Trend()
         if tn.bucket == bucket:
-            if tn.worst is None or worse(value, tn.worst):
+            if tn.worst is None or (value > tn.worst if lim.above else value < tn.worst):
                 tn.worst = value
             return []
         out: list[AlarmEvent] = []
