@@ -37,10 +37,10 @@ PUBLISHERS = 2
 # latencies, so one stall of a shared box decided the figure; of 200 it is the 3rd largest
 N_PROBES = 200
 # the probes start once the daemon is past its start-up: a board's temperature-rise rate
-# needs 30 s of its history, and each commit grows with the sample indexes until every
-# board's newest entries sit on pages of their own (at 10 Hz a frame then dirties about two
-# index pages). In-process (1 000 boards x 16 cells, 150 frames a batch) a frame cost
-# 63-74 us in the first 20 s of data and 85-95 us from 30 s on
+# needs 30 s of its history, and each commit grows with the sample index until every
+# board's newest entries sit on pages of their own (at 10 Hz a frame then dirties about one
+# index page). In-process (1 000 boards x 16 cells, 150 frames a batch) a frame cost
+# 63-74 us in the first 20 s of data and 85-95 us from 30 s on (with schema 3's two indexes)
 WARMUP_S = 35.0
 
 
