@@ -577,7 +577,7 @@ class AlarmEngine:
                 idx = [m.pos for m in members]
                 col = {k: v[idx] for k, v in cols.items()}
             temps = col["temps_dc"].astype(np.int64)
-            cells = col["cells_mv"].astype(np.int64)
+            cells = col["cells_mv"]  # (as in _quiet_run)
             ts = np.array([m.ts_ms for m in members], np.int64)
             has_ref = np.array([m.has_hist for m in members])
             ref_ts = np.array([m.ref[0] for m in members], np.int64)
@@ -658,7 +658,9 @@ class AlarmEngine:
         if not self._calm(b, p.board_id, last) or any(x is not None for x in b.rising_since_ms):
             return None
         temps = np.asarray(cols["temps_dc"], np.int64).reshape(len(ts), -1)
-        cells = np.asarray(cols["cells_mv"], np.int64).reshape(len(ts), -1)
+        # cell voltages in their own dtype (uint16 from the decoder): only their max and min are
+        # taken, and a 96-cell run copied to int64 was the screen's largest array
+        cells = np.asarray(cols["cells_mv"]).reshape(len(ts), -1)
         ok, riso, has_riso, r_min = self._screen_rows(p.chemistry, p.probe_cell, cols, temps,
                                                       cells, p.max_pack_mv, p.riso_period_ms > 0)
         if not ok.all():
@@ -669,7 +671,7 @@ class AlarmEngine:
             return bool(self._short_of(p.chemistry, rule, values, rounded).all())
 
         # the rise references, as _remember keeps them, and the rates over them
-        h_ts = np.array([h[0] for h in b.hist] + ts.tolist(), np.int64)
+        h_ts = np.concatenate((np.array([h[0] for h in b.hist], np.int64), ts))
         h_temps = [h[2] for h in b.hist]
         n0 = len(b.hist)
         if any(len(t) != n_probes or None in t for t in h_temps):
@@ -858,8 +860,9 @@ class AlarmEngine:
             bucket_ms = int(self.settings.trend(rule)[0] * 1000)
             idx = np.flatnonzero(mask)
             buckets = ts[idx] // bucket_ms
-            starts = np.flatnonzero(np.r_[True, buckets[1:] != buckets[:-1]])
-            ends = np.r_[starts[1:], len(idx)]
+            # (np.concatenate, not np.r_: its index machinery cost more than the rest here)
+            starts = np.flatnonzero(np.concatenate(([True], buckets[1:] != buckets[:-1])))
+            ends = np.append(starts[1:], len(idx))
             for s, e in zip(starts.tolist(), ends.tolist(), strict=True):
                 seg = values[idx[s:e]]
                 points.append((int(ts[idx[s]]), order, rule,

@@ -530,7 +530,7 @@ class Processor:
         board, ts, seq = board[order], ts[order], seq[order]
         cols = {name: v[order] for name, v in cols.items()}
         cuts = np.flatnonzero(board[1:] != board[:-1]) + 1
-        for lo, hi in zip(np.r_[0, cuts].tolist(), np.r_[cuts, k].tolist(), strict=True):
+        for lo, hi in zip([0, *cuts.tolist()], [*cuts.tolist(), k], strict=True):
             bs = self.boards[int(board[lo])]
             if bs.profile is not None:
                 b.runs.setdefault(bs.board_id, []).append(

@@ -62,8 +62,9 @@ def fleet_day(seed: int) -> tuple[BoardProfile, list[tuple[np.ndarray, dict[str,
     riso[rng.random((n, 2)) < 0.002 * odd] = 0xFFFE
     cols = {"pack_mv": pack, "current_ma": current, "riso_pos_kohm": riso[:, 0],
             "riso_neg_kohm": riso[:, 1], "alarm_level": np.zeros(n, np.int64),
-            "alarm_flags": flags, "temps_dc": temps.reshape(n, n_probes),
-            "cells_mv": cells.reshape(n, n_cells)}
+            "alarm_flags": flags,  # the arrays in the decoder's dtypes, as the daemon passes them
+            "temps_dc": temps.reshape(n, n_probes).astype("<i2"),
+            "cells_mv": cells.reshape(n, n_cells).astype("<u2")}
     runs = []
     i = 0
     while i < n:
