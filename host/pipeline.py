@@ -794,8 +794,13 @@ class Processor:
         one's end: one UPDATE, instead of the boot's rows deleted and written again."""
         window = self.delivery.window
         reshaped = boots & self.delivery.take_reshaped()
-        moved = [(board_id, boot, *window.newest(board_id, boot))
-                 for board_id, boot in boots - reshaped]
+        moved = []
+        for board_id, boot in boots - reshaped:
+            newest = window.newest(board_id, boot)
+            if newest is None:  # a boot the window forgot (a ninth boot came): its rows go
+                reshaped.add((board_id, boot))
+            else:
+                moved.append((board_id, boot, *newest))
         if self.storage.move_seq_range_ends(moved) != len(moved):  # (a row edited away)
             reshaped = boots
         self.storage.save_seq_ranges_many([(board_id, boot, window.intervals(board_id, boot))

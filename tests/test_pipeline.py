@@ -533,3 +533,19 @@ def test_the_stored_seq_ranges_follow_the_window(tmp_path: Path) -> None:
     p = make(tmp_path, clock)
     feed(p, link, board.sample(ts_ms=T0 + 7000))
     assert stored() == [(0, 8)]
+
+
+def test_a_boot_the_window_forgets_mid_batch_leaves_the_stored_ranges(tmp_path: Path) -> None:
+    """Nine boots of one board in one micro-batch: the window keeps the newest eight, and the
+    oldest's stored intervals go with it, as the window has them (nothing to move)."""
+    clock = Clock()
+    p = make(tmp_path, clock)
+    boards = [PyBoard(BOARD, boot=boot) for boot in range(1, 10)]
+    link = Recorder()
+    feed(p, link, boards[0].birth(), boards[0].sample(ts_ms=T0 + 1000))
+    clock.ms = T0 + 2000
+    feed(p, link, boards[0].sample(ts_ms=T0 + 2000),
+         *(b.sample(ts_ms=T0 + 2000) for b in boards[1:]))
+    ranges = p.storage.seq_ranges()
+    assert (BOARD, 1) not in ranges and sorted(boot for _, boot in ranges) == list(range(2, 10))
+    assert count(p, "samples") == 10
