@@ -159,8 +159,9 @@ MIGRATIONS: tuple[str, ...] = (
     # has grown each board's newest entries sit on pages of their own, and a commit of one
     # sample from each of many boards rewrote two index pages a sample (at 10 Hz from 1 000
     # boards, in 150-frame micro-batches, after 400 000 frames: 20.6 -> 10.8 KiB written a
-    # frame, 126-137 -> 93-105 us a frame). The processor stores each (board, boot, seq) once instead: it knows which
-    # seqs are committed (seq_ranges, written in the same transaction as the samples).
+    # frame, 126-137 -> 93-105 us a frame). The processor stores each (board, boot, seq) once
+    # instead: it knows which seqs are committed (seq_ranges, written in the same transaction
+    # as the samples).
     """
     DROP INDEX samples_key;
     """,
