@@ -644,8 +644,9 @@ class AlarmEngine:
         out: list[AlarmEvent] = []
         if readings.riso_kohm is not None:
             out += self._trend_point(b, p, ts_ms, "insulation", r_min * 1e6 / p.max_pack_mv)
-        if temps and abs(current_ma) >= p.rated_mah * self.settings.in_use_c_rate:
-            out += self._trend_point(b, p, ts_ms, "temp_high", float(max(temps)))
+        if readings.temp_dc is not None and \
+                abs(current_ma) >= p.rated_mah * self.settings.in_use_c_rate:
+            out += self._trend_point(b, p, ts_ms, "temp_high", float(readings.temp_dc))
         return out
 
     def _quiet_run(self, b: _Board, p: BoardProfile, ts: np.ndarray,
