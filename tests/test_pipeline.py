@@ -416,6 +416,19 @@ def test_samples_released_by_a_tick_get_their_estimates(tmp_path: Path) -> None:
     assert count(p, "estimates") > before and newest == T0 + 6000
 
 
+def decode_with_the_codec(monkeypatch: pytest.MonkeyPatch) -> None:
+    """decode_batch hands every frame it checked to the codec (its `extra`), as it would a
+    frame its vectorised checks cannot take."""
+    real = batch.decode_batch
+
+    def codec_only(raws: list[bytes], keys: Any) -> batch.DecodedBatch:
+        dec = real(raws, keys)
+        extra = {i: codec.decode_frame(r) for i, r in enumerate(raws) if i not in dec.errors}
+        return batch.DecodedBatch(dec.n, [], dec.errors, extra)
+
+    monkeypatch.setattr(batch, "decode_batch", codec_only)
+
+
 def test_frames_the_codec_decodes_instead_are_stored_the_same(tmp_path: Path,
                                                                monkeypatch: pytest.MonkeyPatch
                                                                ) -> None:
@@ -437,14 +450,7 @@ def test_frames_the_codec_decodes_instead_are_stored_the_same(tmp_path: Path,
         return p.storage.db.execute("SELECT * FROM samples ORDER BY seq").fetchall()
 
     want = run(tmp_path / "a")
-    real = batch.decode_batch
-
-    def codec_only(raws: list[bytes], keys: Any) -> batch.DecodedBatch:
-        dec = real(raws, keys)
-        extra = {i: codec.decode_frame(r) for i, r in enumerate(raws) if i not in dec.errors}
-        return batch.DecodedBatch(dec.n, [], dec.errors, extra)
-
-    monkeypatch.setattr(batch, "decode_batch", codec_only)
+    decode_with_the_codec(monkeypatch)
     got = run(tmp_path / "b")
     assert len(want) == 3 * 4 and got == want
 
@@ -463,15 +469,7 @@ def test_a_batch_that_partly_overlaps_stores_and_evaluates_only_its_new_samples(
     against what it committed (across a restart too) and what came earlier in the same
     micro-batch; the first copy wins, and the alarm engine never sees the second."""
     if decode == "codec":
-        real = batch.decode_batch
-
-        def codec_only(raws: list[bytes], keys: Any) -> batch.DecodedBatch:
-            dec = real(raws, keys)
-            extra = {i: codec.decode_frame(r) for i, r in enumerate(raws)
-                     if i not in dec.errors}
-            return batch.DecodedBatch(dec.n, [], dec.errors, extra)
-
-        monkeypatch.setattr(batch, "decode_batch", codec_only)
+        decode_with_the_codec(monkeypatch)
     cool = {"pack_mv": 14_800, "current_ma": 1000, "riso_pos_kohm": 5000,
             "riso_neg_kohm": 5000, "temps_dc": [250, 240], "cells_mv": [3700] * 4}
     hot = {**cool, "temps_dc": [700, 700]}  # would raise temp_high if it were evaluated
